@@ -1,0 +1,39 @@
+# The README's commands. Everything lives in the virtual environment .venv at the repo root.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+LIGHT_PLUGINS := -e plugins/runpod -e plugins/thunder -e plugins/modal -e plugins/espeak
+# torchaudio's PyPI wheels need the torch build they were made with: pin both.
+TORCH := torch==2.11.0 torchaudio==2.11.0
+
+.PHONY: demo test install-light install-all lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# Core + the plugins that need no torch: enough for the draft voice and every cloud provider.
+install-light: $(BIN)/python
+	$(PIP) install --quiet -e . $(LIGHT_PLUGINS)
+
+# Everything, with the test tools and the local CSM engine (torch, torchaudio, transformers).
+install-all: $(BIN)/python
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e '.[test]' $(LIGHT_PLUGINS) -e plugins/local_csm -r tests/requirements.txt
+
+demo: install-light
+	$(BIN)/csm-offload plugins
+	$(BIN)/csm-offload providers
+
+test: install-all
+	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,175 @@
+"""`Audio`: mono float32 samples at a sample rate, and their WAV/FLAC bytes.
+
+Torch never enters core: tensors are converted at the edge by duck typing (`from_torch`) or by a
+lazy import (`to_torch`), so `import csm_offload` stays light for the plugins that need no torch.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import attrs
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .errors import AudioError
+
+AudioFormat = Literal["wav", "flac"]
+FORMATS: tuple[AudioFormat, ...] = ("wav", "flac")
+CSM_SAMPLE_RATE = 24_000
+#: FLAC's own limit; WAV allows more but nothing we make needs it.
+MAX_SAMPLE_RATE = 655_350
+_SUBTYPE = "PCM_16"
+_PCM_SCALE = 32768.0
+
+
+def quantize16(samples: np.ndarray) -> np.ndarray:
+    """The int16 PCM that `Audio.encode` writes: round(x * 32768), clipped to int16."""
+    scaled = np.rint(np.asarray(samples, dtype=np.float64) * _PCM_SCALE)
+    return np.clip(scaled, -32768, 32767).astype(np.int16)
+
+
+def _as_mono_float32(samples: Any) -> np.ndarray:
+    array = np.asarray(samples, dtype=np.float32)
+    if array.ndim == 2:  # (frames, channels), as soundfile reads it
+        array = array.mean(axis=1, dtype=np.float32)
+    if array.ndim != 1:
+        raise AudioError(f"audio must be mono or (frames, channels); got shape {array.shape}")
+    return np.ascontiguousarray(array)
+
+
+def _check_rate(sample_rate: int) -> None:
+    if not isinstance(sample_rate, int) or not 1 <= sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            f"sample rate must be an integer in 1..{MAX_SAMPLE_RATE}, got {sample_rate}"
+        )
+
+
+@attrs.frozen(eq=False)
+class Audio:
+    """Mono audio. Samples are float32 in [-1, 1]; equality compares samples exactly."""
+
+    samples: np.ndarray = attrs.field(converter=_as_mono_float32)
+    sample_rate: int = attrs.field()
+
+    @sample_rate.validator
+    def _valid_rate(self, _attribute: attrs.Attribute, value: int) -> None:
+        _check_rate(value)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Audio):
+            return NotImplemented
+        return self.sample_rate == other.sample_rate and np.array_equal(self.samples, other.samples)
+
+    def __hash__(self) -> int:
+        return hash((self.sample_rate, self.samples.tobytes()))
+
+    def __repr__(self) -> str:
+        return f"Audio({self.duration:.3f}s at {self.sample_rate} Hz)"
+
+    @property
+    def frames(self) -> int:
+        return int(self.samples.shape[0])
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        return self.frames / self.sample_rate
+
+    @property
+    def duration_ms(self) -> int:
+        return round(1000 * self.frames / self.sample_rate)
+
+    def rms(self) -> float:
+        """Root mean square level (0 for empty audio)."""
+        if self.frames == 0:
+            return 0.0
+        return float(np.sqrt(np.mean(np.square(self.samples, dtype=np.float64))))
+
+    def peak(self) -> float:
+        return float(np.max(np.abs(self.samples))) if self.frames else 0.0
+
+    @classmethod
+    def silence(cls, seconds: float, sample_rate: int = CSM_SAMPLE_RATE) -> Audio:
+        if seconds < 0:
+            raise AudioError(f"silence must be 0 seconds or longer, got {seconds}")
+        return cls(np.zeros(round(seconds * sample_rate), dtype=np.float32), sample_rate)
+
+    @classmethod
+    def concat(cls, parts: Iterable[Audio], sample_rate: int | None = None) -> Audio:
+        """Join parts end to end, resampling each to `sample_rate` (default: the first's)."""
+        items = list(parts)
+        if not items:
+            return cls(np.zeros(0, dtype=np.float32), sample_rate or CSM_SAMPLE_RATE)
+        rate = sample_rate or items[0].sample_rate
+        joined = np.concatenate([part.resample(rate).samples for part in items])
+        return cls(joined, rate)
+
+    def resample(self, sample_rate: int) -> Audio:
+        """Band-limited resampling (soxr, high quality); the length is rounded to a frame."""
+        _check_rate(sample_rate)
+        if sample_rate == self.sample_rate:
+            return self
+        if self.frames == 0:
+            return Audio(self.samples, sample_rate)
+        out = soxr.resample(self.samples, self.sample_rate, sample_rate, quality="HQ")
+        return Audio(out.astype(np.float32, copy=False), sample_rate)
+
+    def encode(self, fmt: AudioFormat = "flac") -> bytes:
+        """16-bit PCM WAV or FLAC bytes; samples outside [-1, 1) are clipped.
+
+        We quantise ourselves because libsndfile rounds differently for WAV and FLAC; this way
+        `decode(encode(a)) == a.quantized()` for both formats.
+        """
+        if fmt not in FORMATS:
+            raise AudioError(f"audio format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        buffer = io.BytesIO()
+        pcm = quantize16(self.samples)
+        sf.write(buffer, pcm, self.sample_rate, format=fmt.upper(), subtype=_SUBTYPE)
+        return buffer.getvalue()
+
+    def quantized(self) -> Audio:
+        """These samples as 16-bit PCM would store them (what a WAV/FLAC round trip returns)."""
+        return Audio(quantize16(self.samples).astype(np.float32) / _PCM_SCALE, self.sample_rate)
+
+    @classmethod
+    def decode(cls, data: bytes, max_decoded_bytes: int | None = None) -> Audio:
+        """Read WAV or FLAC bytes (any channel count, mixed down to mono).
+
+        `max_decoded_bytes` bounds the decoded float32 size before anything is decoded, so a
+        small, highly compressed file cannot expand into gigabytes.
+        """
+        try:
+            info = sf.info(io.BytesIO(data))
+        except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+            raise AudioError(f"not a readable WAV or FLAC file ({exc})") from None
+        if info.format not in ("WAV", "FLAC", "WAVEX"):
+            raise AudioError(f"audio must be WAV or FLAC, got {info.format}")
+        decoded = info.frames * 4
+        if max_decoded_bytes is not None and decoded > max_decoded_bytes:
+            raise AudioError(
+                f"audio decodes to {decoded} bytes, over the limit of {max_decoded_bytes}; "
+                "send shorter audio or raise the limit"
+            )
+        try:
+            samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise AudioError(f"audio data is corrupt ({exc})") from None
+        return cls(samples, int(rate))
+
+    @classmethod
+    def from_torch(cls, tensor: Any, sample_rate: int) -> Audio:
+        """From a torch tensor shaped (frames,), (1, frames) or (channels, frames)."""
+        array = np.squeeze(tensor.detach().to("cpu").float().numpy())
+        if array.ndim == 2:  # torch audio is (channels, frames)
+            array = array.mean(axis=0)
+        return cls(np.atleast_1d(array), sample_rate)
+
+    def to_torch(self) -> Any:
+        """A 1-D float32 torch tensor (imports torch only when called)."""
+        import torch
+
+        return torch.from_numpy(self.samples.copy())

@@ -1,0 +1,88 @@
+"""The `csm-offload` command line: a click group, plugin commands, and one error policy.
+
+Errors a user can fix print one sentence and exit 2; provider failures exit 1; a traceback is
+shown only with `--debug`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+
+from ..errors import CsmOffloadError
+from .app import App, pass_app
+from .info import config_group, plugins_command, providers_command
+
+__all__ = ["App", "cli", "main", "pass_app"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="csm-offload")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="CSM_OFFLOAD_CONFIG",
+    help="Config file (default: ./csm-offload.yaml, else the built-in config).",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
+    """Generate speech with Sesame CSM on the cheapest healthy GPU, local or in the cloud."""
+    app = ctx.ensure_object(App)
+    app.config_path = config_path
+    app.debug = debug
+
+
+cli.add_command(plugins_command)
+cli.add_command(providers_command)
+cli.add_command(config_group)
+
+
+def _register_plugin_commands(app: App) -> None:
+    for plugin in app.plugins.pm.get_plugins():
+        impl = getattr(plugin, "register_commands", None)
+        if impl is None or not hasattr(impl, "csm_offload_impl"):
+            continue
+        try:
+            impl(cli=cli)
+        except Exception as exc:  # a broken plugin must not take the CLI down
+            name = app.plugins.pm.get_name(plugin)
+            app.plugins.errors.append(
+                app.plugins_load_error(name, f"register_commands failed: {exc}")
+            )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `csm-offload` script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    app = App(debug=debug)
+    try:
+        _register_plugin_commands(app)
+        cli.main(args=args, prog_name="csm-offload", obj=app, standalone_mode=False)
+    except CsmOffloadError as exc:
+        if debug:
+            raise
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            raise
+        click.secho(
+            f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            fg="red",
+            err=True,
+        )
+        sys.exit(1)
+    sys.exit(0)

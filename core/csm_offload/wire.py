@@ -1,0 +1,363 @@
+"""Wire format v1: the one cattrs converter, JSON in and out, every size bounded.
+
+Everything that leaves or enters a process (worker bodies, provider payloads, the journal) goes
+through `converter`. Decoding is strict: wrong types are not coerced, unknown keys are refused,
+and every failure is a `WireError` that names the field by its JSON path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import contextvars
+import json
+import math
+import typing
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn
+
+from .audio import Audio
+from .errors import AudioError, WireError
+from .model import AudioData, AudioUrl, BatchRequest, BatchResponse, Result, SpeechRequest
+
+SCHEMA = 1
+T = TypeVar("T")
+
+
+@attrs.frozen
+class WireLimits:
+    """Every size the wire format accepts. Hosts may lower them; the names appear in errors."""
+
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_requests: int = 64
+    max_text_chars: int = 5_000
+    max_context_segments: int = 32
+    max_context_seconds: float = 300.0
+    max_audio_length_ms: int = 600_000
+    #: Encoded (not base64) size of one audio item.
+    max_audio_bytes: int = 32 * 1024 * 1024
+    #: Decoded float32 size of one audio item, checked before decoding.
+    max_decoded_audio_bytes: int = 128 * 1024 * 1024
+    max_url_chars: int = 8_192
+
+
+DEFAULT_LIMITS = WireLimits()
+_limits: contextvars.ContextVar[WireLimits] = contextvars.ContextVar(
+    "wire_limits", default=DEFAULT_LIMITS
+)
+
+
+@contextlib.contextmanager
+def limits_in_force(limits: WireLimits) -> Iterator[None]:
+    token = _limits.set(limits)
+    try:
+        yield
+    finally:
+        _limits.reset(token)
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _strict_int(value: Any, _type: type) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {_type_name(value)}")
+    return value
+
+
+def _strict_float(value: Any, _type: type) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {_type_name(value)}")
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return float(value)
+
+
+def _strict_str(value: Any, _type: type) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {_type_name(value)}")
+    return value
+
+
+def _strict_bool(value: Any, _type: type) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {_type_name(value)}")
+    return value
+
+
+def _structure_bytes(value: Any, _type: type) -> bytes:
+    text = _strict_str(value, str)
+    limit = _limits.get().max_audio_bytes
+    if len(text) > 4 * ((limit + 2) // 3):
+        raise ValueError(f"over the limit of {limit} bytes (max_audio_bytes)")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not valid base64") from None
+
+
+def _structure_list_tuple(value: Any, cls: Any) -> tuple:
+    # cattrs would happily iterate a string or a dict into a tuple; JSON arrays only.
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {_type_name(value)}")
+    return converter._structure_tuple(value, cls)
+
+
+def _structure_audio_ref(value: Any, _type: Any) -> AudioData | AudioUrl | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object or null, got {_type_name(value)}")
+    if "url" in value:
+        return converter.structure(value, AudioUrl)
+    return converter.structure(value, AudioData)
+
+
+def _check_url(url: str) -> None:
+    if len(url) > _limits.get().max_url_chars:
+        raise ValueError(f"URL over {_limits.get().max_url_chars} characters (max_url_chars)")
+    if not url.startswith(("https://", "http://")):
+        raise ValueError("audio URL must start with https:// or http://")
+
+
+def _structure_audio(value: Any, _type: Any) -> Audio:
+    payload = converter.structure(value, AudioData)
+    try:
+        audio = Audio.decode(payload.data, _limits.get().max_decoded_audio_bytes)
+    except AudioError as exc:
+        raise ValueError(str(exc)) from None
+    if audio.sample_rate != payload.sample_rate:
+        raise ValueError(
+            f"sample_rate says {payload.sample_rate} but the data is at {audio.sample_rate} Hz"
+        )
+    return audio
+
+
+def _unstructure_audio(audio: Audio) -> dict[str, Any]:
+    return converter.unstructure(AudioData.from_audio(audio, "flac"))
+
+
+def _strict_attrs_factory(cls: type, conv: cattrs.Converter) -> Any:
+    generated = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
+
+    def structure(value: Any, _type: type) -> Any:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected an object, got {_type_name(value)}")
+        return generated(value, _type)
+
+    return structure
+
+
+def _literal_factory(cls: Any) -> Any:
+    allowed = typing.get_args(cls)
+    names = ", ".join(repr(a) for a in allowed)
+
+    def structure(value: Any, _type: Any) -> Any:
+        if value not in allowed or isinstance(value, bool):
+            raise ValueError(f"expected one of {names}, got {value!r}")
+        return value
+
+    return structure
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    conv.register_structure_hook(int, _strict_int)
+    conv.register_structure_hook(float, _strict_float)
+    conv.register_structure_hook(str, _strict_str)
+    conv.register_structure_hook(bool, _strict_bool)
+    conv.register_structure_hook(bytes, _structure_bytes)
+    conv.register_unstructure_hook(bytes, lambda b: base64.b64encode(b).decode("ascii"))
+    conv.register_structure_hook_func(
+        lambda cls: typing.get_origin(cls) is tuple, _structure_list_tuple
+    )
+    conv.register_structure_hook_factory(attrs.has, _strict_attrs_factory)
+    conv.register_structure_hook_factory(
+        lambda cls: typing.get_origin(cls) is typing.Literal, _literal_factory
+    )
+    conv.register_structure_hook(AudioData | AudioUrl | None, _structure_audio_ref)
+    conv.register_structure_hook(AudioData | AudioUrl, _structure_audio_ref)
+    conv.register_structure_hook(Audio, _structure_audio)
+    conv.register_unstructure_hook(Audio, _unstructure_audio)
+    return conv
+
+
+#: The one converter. Use `dumps`/`loads` (JSON) or `unstructure`/`structure` (dicts).
+converter = _make_converter()
+
+
+def unstructure(obj: Any) -> Any:
+    return converter.unstructure(obj)
+
+
+def dumps(obj: Any) -> bytes:
+    """JSON bytes of any wire type (NaN and infinity are refused, never written)."""
+    try:
+        return json.dumps(
+            unstructure(obj), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+        ).encode("utf-8")
+    except ValueError as exc:
+        raise WireError("$", f"cannot encode: {exc}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in wire JSON")
+
+
+def parse_json(raw: bytes | str, limits: WireLimits = DEFAULT_LIMITS) -> Any:
+    """Parse a body: bounded size, strict JSON (no NaN), errors as `WireError`."""
+    size = len(raw.encode("utf-8") if isinstance(raw, str) else raw)
+    if size > limits.max_body_bytes:
+        raise WireError(
+            "body", f"{size} bytes is over the limit of {limits.max_body_bytes} (max_body_bytes)"
+        )
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except UnicodeDecodeError:
+        raise WireError("body", "not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise WireError("body", f"not valid JSON ({exc.msg} at character {exc.pos})") from None
+    except ValueError as exc:
+        raise WireError("body", str(exc)) from None
+    except RecursionError:
+        raise WireError("body", "JSON nested too deeply") from None
+
+
+def structure(data: Any, cls: type[T], limits: WireLimits = DEFAULT_LIMITS) -> T:
+    """Build a wire type from parsed JSON, checking schema, types and every limit."""
+    if hasattr(cls, "__attrs_attrs__") and attrs.has(cls) and "schema" in attrs.fields_dict(cls):
+        _check_schema(data)
+    with limits_in_force(limits):
+        try:
+            obj = converter.structure(data, cls)
+        except (ClassValidationError, IterableValidationError) as exc:
+            raise _first_error(exc) from None
+        except (TypeError, ValueError) as exc:
+            raise WireError("$", _message(exc)) from None
+    check_limits(obj, limits)
+    return obj
+
+
+def loads(raw: bytes | str, cls: type[T], limits: WireLimits = DEFAULT_LIMITS) -> T:
+    """Parse and structure a JSON body in one step."""
+    return structure(parse_json(raw, limits), cls, limits)
+
+
+def _check_schema(data: Any) -> None:
+    if not isinstance(data, dict):
+        raise WireError("$", f"expected a JSON object, got {_type_name(data)}")
+    if "schema" not in data:
+        raise WireError("schema", f"missing; this build speaks schema {SCHEMA}")
+    if data["schema"] != SCHEMA or isinstance(data["schema"], bool):
+        raise WireError(
+            "schema",
+            f"unsupported schema {data['schema']!r}; this build speaks schema {SCHEMA} "
+            "(upgrade the older side)",
+        )
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return f"unknown field(s) {', '.join(sorted(exc.extra_fields))}"
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    return str(exc) or type(exc).__name__
+
+
+def first_error(exc: BaseException, path: tuple[str | int, ...] = ()) -> tuple[tuple, str]:
+    """Walk cattrs' exception group to the first leaf: its path (keys and indexes) and message."""
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        with_notes, without_notes = exc.group_exceptions()
+        for inner, note in with_notes:
+            key = note.index if isinstance(exc, IterableValidationError) else note.name
+            return first_error(inner, (*path, key))
+        if without_notes:
+            return first_error(without_notes[0], path)
+    return path, _message(exc)
+
+
+def json_path(path: tuple[str | int, ...]) -> str:
+    """("requests", 0, "text") -> "requests[0].text"."""
+    text = ""
+    for key in path:
+        text += f"[{key}]" if isinstance(key, int) else f".{key}"
+    return text.removeprefix(".") or "$"
+
+
+def _first_error(exc: BaseException) -> WireError:
+    path, message = first_error(exc)
+    return WireError(json_path(path), message)
+
+
+def check_limits(obj: Any, limits: WireLimits = DEFAULT_LIMITS) -> None:
+    """Raise `WireError` if a structured object is over any size limit."""
+    if isinstance(obj, BatchRequest):
+        _check_count("requests", len(obj.requests), limits.max_requests, "max_requests")
+        for index, request in enumerate(obj.requests):
+            check_request(request, limits, f"requests[{index}]")
+    elif isinstance(obj, BatchResponse):
+        _check_count("results", len(obj.results), limits.max_requests, "max_requests")
+        for index, result in enumerate(obj.results):
+            _check_result(result, limits, f"results[{index}]")
+    elif isinstance(obj, SpeechRequest):
+        check_request(obj, limits, "$")
+    elif isinstance(obj, Result):
+        _check_result(obj, limits, "$")
+
+
+def _check_count(field: str, count: int | float, limit: int | float, name: str) -> None:
+    if count > limit:
+        raise WireError(field, f"{count} is over the limit of {limit} ({name})")
+
+
+def check_request(request: SpeechRequest, limits: WireLimits, path: str = "$") -> None:
+    """The per-request bounds; raised errors name the field under `path`."""
+    prefix = "" if path == "$" else f"{path}."
+    _check_count(f"{prefix}text", len(request.text), limits.max_text_chars, "max_text_chars")
+    _check_count(
+        f"{prefix}max_audio_length_ms",
+        request.max_audio_length_ms,
+        limits.max_audio_length_ms,
+        "max_audio_length_ms",
+    )
+    if request.max_audio_length_ms <= 0:
+        raise WireError(f"{prefix}max_audio_length_ms", "must be positive")
+    if request.topk <= 0:
+        raise WireError(f"{prefix}topk", "must be positive")
+    if request.temperature < 0:
+        raise WireError(f"{prefix}temperature", "must be 0 or more")
+    _check_count(
+        f"{prefix}context",
+        len(request.context),
+        limits.max_context_segments,
+        "max_context_segments",
+    )
+    seconds = sum(s.audio.duration for s in request.context if s.audio is not None)
+    _check_count(
+        f"{prefix}context",
+        round(seconds, 3),
+        limits.max_context_seconds,
+        "max_context_seconds, in seconds of audio",
+    )
+    for index, segment in enumerate(request.context):
+        _check_count(
+            f"{prefix}context[{index}].text",
+            len(segment.text),
+            limits.max_text_chars,
+            "max_text_chars",
+        )
+
+
+def _check_result(result: Result, limits: WireLimits, path: str) -> None:
+    if isinstance(result.audio, AudioUrl):
+        try:
+            _check_url(result.audio.url)
+        except ValueError as exc:
+            raise WireError(f"{path}.audio.url", str(exc)) from None
