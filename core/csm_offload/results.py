@@ -36,7 +36,7 @@ async def _fetch(url: str, http: httpx.AsyncClient, max_bytes: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
-        async with http.stream("GET", url, headers={"Authorization": ""}) as response:
+        async with http.stream("GET", url) as response:
             if response.status_code >= 400:
                 raise TransientError(f"fetching result audio gave HTTP {response.status_code}")
             async for chunk in response.aiter_bytes():
