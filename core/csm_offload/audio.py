@@ -32,6 +32,23 @@ def quantize16(samples: np.ndarray) -> np.ndarray:
     return np.clip(scaled, -32768, 32767).astype(np.int16)
 
 
+def _empty_flac(sample_rate: int) -> bytes:
+    """A FLAC stream with no frames. libsndfile writes nothing at all for empty audio, which no
+    reader accepts; a lone STREAMINFO block with 0 total samples is valid FLAC."""
+    fields = (sample_rate << 44) | (0 << 41) | (15 << 36)  # mono, 16 bits, 0 samples
+    info = b"\x10\x00\x10\x00" + b"\x00" * 6 + fields.to_bytes(8, "big") + b"\x00" * 16
+    return b"fLaC" + bytes([0x80]) + len(info).to_bytes(3, "big") + info
+
+
+def _empty_flac_rate(data: bytes) -> int | None:
+    """The sample rate of a FLAC stream that declares 0 samples, else None."""
+    if len(data) < 42 or data[:4] != b"fLaC" or data[4] & 0x7F != 0:
+        return None
+    fields = int.from_bytes(data[18:26], "big")
+    total = fields & ((1 << 36) - 1)
+    return (fields >> 44) if total == 0 else None
+
+
 def _as_mono_float32(samples: Any) -> np.ndarray:
     array = np.asarray(samples, dtype=np.float32)
     if array.ndim == 2:  # (frames, channels), as soundfile reads it
@@ -126,6 +143,8 @@ class Audio:
         """
         if fmt not in FORMATS:
             raise AudioError(f"audio format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        if fmt == "flac" and self.frames == 0:
+            return _empty_flac(self.sample_rate)
         buffer = io.BytesIO()
         pcm = quantize16(self.samples)
         sf.write(buffer, pcm, self.sample_rate, format=fmt.upper(), subtype=_SUBTYPE)
@@ -142,6 +161,9 @@ class Audio:
         `max_decoded_bytes` bounds the decoded float32 size before anything is decoded, so a
         small, highly compressed file cannot expand into gigabytes.
         """
+        empty_rate = _empty_flac_rate(data)
+        if empty_rate:
+            return cls(np.zeros(0, dtype=np.float32), empty_rate)
         try:
             info = sf.info(io.BytesIO(data))
         except (sf.LibsndfileError, RuntimeError, TypeError) as exc:

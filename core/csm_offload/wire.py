@@ -219,7 +219,9 @@ def parse_json(raw: bytes | str, limits: WireLimits = DEFAULT_LIMITS) -> Any:
             "body", f"{size} bytes is over the limit of {limits.max_body_bytes} (max_body_bytes)"
         )
     try:
-        return json.loads(raw, parse_constant=_refuse_constant)
+        # JSON on the wire is UTF-8 (RFC 8259); json.loads would guess UTF-16/32 from bytes.
+        text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
+        return json.loads(text, parse_constant=_refuse_constant)
     except UnicodeDecodeError:
         raise WireError("body", "not UTF-8 text") from None
     except json.JSONDecodeError as exc:
