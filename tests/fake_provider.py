@@ -32,8 +32,15 @@ class FakeSettings:
 class FakeProvider:
     """Generates 10 ms of a tone per character; every hook call is appended to `calls`."""
 
-    def __init__(self, kind: str = "fake", remote: bool = True, usd_per_second: float = 0.001):
+    def __init__(
+        self,
+        kind: str = "fake",
+        remote: bool = True,
+        usd_per_second: float = 0.001,
+        settings_type: type = FakeSettings,
+    ) -> None:
         self.kind = kind
+        self.settings_type = settings_type
         self.remote = remote
         self.usd_per_second = usd_per_second
         self.calls: list[str] = []
@@ -45,7 +52,7 @@ class FakeProvider:
         return ProviderInfo(
             kind=self.kind,
             description="in-memory test provider",
-            settings_type=FakeSettings,
+            settings_type=self.settings_type,
             prices=PriceTable("2026-06-01", {"T4": self.usd_per_second}),
             limits=ProviderLimits(max_batch=4),
             remote=self.remote,

@@ -96,7 +96,7 @@ BAD_INPUT = [
     ("requests[0].seed", lambda d: d["requests"][0].update(seed=1.5), "integer"),
     ("requests[0].temperature", lambda d: d["requests"][0].update(temperature="hot"), "number"),
     ("requests[0].text", lambda d: d["requests"][0].pop("text"), "required field missing"),
-    ("requests[0]", lambda d: d["requests"][0].update(voice="x"), "unknown field(s) voice"),
+    ("requests[0].voice", lambda d: d["requests"][0].update(voice="x"), "unknown field(s) voice"),
     ("requests", lambda d: d.update(requests="abc"), "expected a list"),
     ("requests[0].context[0].audio.data", lambda d: _audio(d).update(data="@@@"), "base64"),
     ("requests[0].context[0].audio.format", lambda d: _audio(d).update(format="mp3"), "'wav'"),

@@ -149,9 +149,11 @@ class _Walker:
     def mapping(self, node: yaml.MappingNode, path: Path_) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = self.scalar(key_node, path)
-            if key == "<<":
+            if key_node.tag == "tag:yaml.org,2002:merge":
                 raise self.fail(key_node, path, "YAML merge keys (<<) are not supported")
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise self.fail(key_node, path, "keys must be strings, not lists or mappings")
+            key = self.scalar(key_node, path)
             if not isinstance(key, str):
                 raise self.fail(key_node, path, f"keys must be strings, got {key!r}")
             if key in out:

@@ -282,6 +282,8 @@ def first_error(exc: BaseException, path: tuple[str | int, ...] = ()) -> tuple[t
             return first_error(inner, (*path, key))
         if without_notes:
             return first_error(without_notes[0], path)
+    if isinstance(exc, ForbiddenExtraKeysError):
+        path = (*path, sorted(exc.extra_fields)[0])
     return path, _message(exc)
 
 
