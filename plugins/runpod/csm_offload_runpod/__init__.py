@@ -1,10 +1,47 @@
-"""csm-offload provider for RunPod serverless endpoints running the csm-offload handler."""
+"""csm-offload provider for RunPod serverless endpoints running the csm-offload handler.
+
+The job body is `{"input": <wire BatchRequest>}` and the handler's output is a wire
+`BatchResponse`. Short jobs go to `/runsync?wait=` so their audio comes back on the submitting
+request; the rest go to `/run` and are polled on `/status/{id}`.
+"""
 
 from __future__ import annotations
 
-import attrs
+import json
+import math
+import time
+from typing import Any
 
-from csm_offload import PriceTable, ProviderInfo, ProviderLimits, Secret, hookimpl
+import attrs
+import httpx
+
+from csm_offload import (
+    Audio,
+    BatchRequest,
+    CostEstimate,
+    Health,
+    JobHandle,
+    JobLost,
+    JobState,
+    JobStatus,
+    PriceTable,
+    ProviderError,
+    ProviderInfo,
+    ProviderLimits,
+    Rejected,
+    Secret,
+    SpeechRequest,
+    Target,
+    Unavailable,
+    hookimpl,
+    wire,
+)
+from csm_offload.results import result_audio
+
+from . import api, cost
+from .endpoint import DEFAULT_BASE_URL, Endpoint, resolve
+from .errors import URL_OUTPUTS_HINT
+from .status import job_id_of, judge_health, parse_health_counts, parse_status
 
 KIND = "runpod"
 #: RunPod serverless per-second prices for flex workers, as published in June 2026.
@@ -24,19 +61,54 @@ PRICES = PriceTable(
 LIMITS = ProviderLimits(
     max_batch=16,
     max_text_chars=5_000,
-    max_request_bytes=10 * 1024 * 1024,  # /run; /runsync takes 20 MB
+    max_request_bytes=api.RUN_MAX_BYTES,  # /run; /runsync takes 20 MB
     max_response_bytes=20 * 1024 * 1024,
     result_ttl_s=30 * 60,
 )
+DEFAULT_GPU = "A100 80GB"
+#: JobHandle.extra keys: which route took the job, and a finished /runsync answer (raw JSON).
+EXTRA_ROUTE = "route"
+EXTRA_STATUS = "status"
+
+
+def _as_secret(value: Any) -> Secret:
+    return value if isinstance(value, Secret) else Secret(str(value))
+
+
+def _non_negative(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{attribute.name}: must be a finite number >= 0, got {value}")
 
 
 @attrs.frozen
 class RunPodSettings:
-    """A RunPod serverless endpoint. `endpoint_url` may be the seed's `.../v2/<id>/run` form."""
+    """A RunPod serverless endpoint. See docs/providers.md for every key."""
 
-    api_key: Secret
+    api_key: Secret = attrs.field(converter=_as_secret)
+    #: `https://api.runpod.ai/v2/<id>`; the seed's `.../<id>/run` form is accepted too.
     endpoint_url: str | None = None
+    #: The endpoint id alone (joined to `base_url`), when `endpoint_url` is not given.
     endpoint_id: str | None = None
+    base_url: str = DEFAULT_BASE_URL
+    #: Send short jobs to /runsync, which returns their audio on the same request.
+    use_runsync: bool = True
+    #: Jobs predicted to take at most this many worker seconds are short.
+    runsync_max_s: float = attrs.field(default=20.0, validator=_non_negative)
+    #: Worker seconds per character of text, for estimates and the runsync choice.
+    seconds_per_char: float = attrs.field(default=0.05, validator=_non_negative)
+    #: Worker seconds every job costs on top of its text (decoding, encoding, upload).
+    job_overhead_s: float = attrs.field(default=1.0, validator=_non_negative)
+    #: A job queued longer than this makes `poll` look at /health: crash-looping workers
+    #: leave jobs queued forever, and the runner should fail over instead of waiting.
+    stuck_after_s: float = attrs.field(default=120.0, validator=_non_negative)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.api_key:
+            raise ValueError("api_key: empty; set RUNPOD_API_KEY or the target's api_key")
+        self.endpoint()
+
+    def endpoint(self) -> Endpoint:
+        return resolve(self.endpoint_url, self.endpoint_id, self.base_url)
 
 
 @hookimpl
@@ -49,5 +121,202 @@ def provider_info() -> ProviderInfo:
         limits=LIMITS,
         remote=True,
         quality="csm",
-        default_gpu="A100 80GB",
+        default_gpu=DEFAULT_GPU,
     )
+
+
+def _settings(target: Target) -> RunPodSettings:
+    if not isinstance(target.settings, RunPodSettings):
+        raise Unavailable(
+            f"target {target.name!r} has no RunPod settings (got {type(target.settings).__name__})",
+            target=target.name,
+        )
+    return target.settings
+
+
+@hookimpl
+def estimate_cost(target: Target, batch: list[SpeechRequest]) -> CostEstimate:
+    settings = _settings(target)
+    return cost.estimate(
+        target, batch, PRICES, DEFAULT_GPU, settings.seconds_per_char, settings.job_overhead_s
+    )
+
+
+def actual_cost(target: Target, status: JobStatus) -> float | None:
+    """USD a finished job cost (`executionTime` x the target's price), None when unreported.
+    The runner may equally compute `status.exec_ms / 1000 * target.price_per_second(info)`."""
+    return cost.actual_cost(target, status, PRICES, DEFAULT_GPU)
+
+
+# --- health ---------------------------------------------------------------------------------
+
+#: Last queue depth seen per endpoint, to notice a queue that only grows.
+_last_queue: dict[str, int] = {}
+#: Recent health per endpoint, so polls of many stuck jobs ask /health once, not once each.
+_recent_health: dict[str, Health] = {}
+_HEALTH_REUSE_S = 5.0
+
+
+@hookimpl
+async def health(target: Target, http: httpx.AsyncClient) -> Health:
+    settings = _settings(target)
+    endpoint = settings.endpoint()
+    try:
+        data, _raw = await api.call(
+            http,
+            "GET",
+            endpoint.route("health"),
+            "health",
+            settings.api_key.reveal(),
+            target.name,
+        )
+        counts = parse_health_counts(data, target.name)
+    except ProviderError as exc:
+        found = Health(ok=False, detail=str(exc))
+    else:
+        found = judge_health(counts, _last_queue.get(endpoint.url), time.time())
+        _last_queue[endpoint.url] = counts.in_queue
+    _recent_health[endpoint.url] = found
+    return found
+
+
+async def _recent(target: Target, http: httpx.AsyncClient, endpoint: Endpoint) -> Health:
+    known = _recent_health.get(endpoint.url)
+    if known is not None and time.time() - known.checked_at < _HEALTH_REUSE_S:
+        return known
+    return await health(target=target, http=http)
+
+
+# --- submit / poll / decode / cancel --------------------------------------------------------
+
+
+def _check_batch(target: Target, batch: list[SpeechRequest]) -> None:
+    if not batch:
+        raise Rejected("an empty batch was submitted", target=target.name)
+    if len(batch) > LIMITS.max_batch:
+        raise Rejected(
+            f"{len(batch)} requests in one job; RunPod targets take at most {LIMITS.max_batch}",
+            target=target.name,
+        )
+    for request in batch:
+        if len(request.text) > LIMITS.max_text_chars:
+            raise Rejected(
+                f"request {request.id} has {len(request.text)} characters; "
+                f"split text into chunks of at most {LIMITS.max_text_chars}",
+                target=target.name,
+            )
+
+
+def _choose_route(settings: RunPodSettings, predicted_s: float, size: int, target: str) -> str:
+    if size > api.RUNSYNC_MAX_BYTES:
+        raise Rejected(
+            f"the job body is {size / 1e6:.1f} MB, over RunPod's 20 MB limit for /runsync "
+            f"(10 MB for /run); {URL_OUTPUTS_HINT}",
+            target=target,
+        )
+    short = settings.use_runsync and predicted_s <= settings.runsync_max_s
+    if short or size > api.RUN_MAX_BYTES:
+        return "runsync"
+    return "run"
+
+
+@hookimpl
+async def submit(target: Target, batch: list[SpeechRequest], http: httpx.AsyncClient) -> JobHandle:
+    settings = _settings(target)
+    _check_batch(target, batch)
+    body = api.run_body(wire.dumps(BatchRequest(tuple(batch))))
+    predicted = cost.predicted_seconds(batch, settings.seconds_per_char, settings.job_overhead_s)
+    route = _choose_route(settings, predicted, len(body), target.name)
+    endpoint = settings.endpoint()
+    params = None
+    limit = None
+    if route == "runsync":
+        wait = api.wait_ms(predicted)
+        params, limit = {"wait": str(wait)}, api.runsync_timeout(wait)
+    submitted_at = time.time()
+    data, raw = await api.call(
+        http,
+        "POST",
+        endpoint.route(route),
+        route,
+        settings.api_key.reveal(),
+        target.name,
+        content=body,
+        params=params,
+        limit=limit,
+    )
+    job_id = job_id_of(data, target.name)
+    extra = {EXTRA_ROUTE: route}
+    request_ids = tuple(r.id for r in batch)
+    if route == "runsync" and data.get("status") not in ("IN_QUEUE", "IN_PROGRESS"):
+        # The answer is final (often with the audio): keep it, so poll needs no request and a
+        # result paid for is never lost, even if RunPod forgets the job a minute later.
+        parse_status(data, request_ids, target.name)  # malformed answers fail here, not later
+        extra[EXTRA_STATUS] = raw.decode("utf-8")
+    return JobHandle(target.name, job_id, request_ids, submitted_at, extra)
+
+
+@hookimpl
+async def poll(target: Target, handle: JobHandle, http: httpx.AsyncClient) -> JobStatus:
+    settings = _settings(target)
+    inline = handle.extra.get(EXTRA_STATUS)
+    if inline is not None:
+        return parse_status(json.loads(inline), handle.request_ids, target.name)
+    endpoint = settings.endpoint()
+    data, _raw = await api.call(
+        http,
+        "GET",
+        endpoint.route("status", handle.job_id),
+        "status",
+        settings.api_key.reveal(),
+        target.name,
+    )
+    status = parse_status(data, handle.request_ids, target.name)
+    if status.state is JobState.QUEUED:
+        await _check_stuck(target, handle, http, endpoint, settings)
+    return status
+
+
+async def _check_stuck(
+    target: Target,
+    handle: JobHandle,
+    http: httpx.AsyncClient,
+    endpoint: Endpoint,
+    settings: RunPodSettings,
+) -> None:
+    waited = time.time() - handle.submitted_at
+    if waited < settings.stuck_after_s:
+        return
+    found = await _recent(target, http, endpoint)
+    if not found.ok:
+        raise Unavailable(
+            f"job {handle.job_id} has been queued for {waited:.0f} s and the endpoint is "
+            f"unhealthy ({found.detail})",
+            target=target.name,
+        )
+
+
+@hookimpl
+async def decode(target: Target, status: JobStatus, http: httpx.AsyncClient) -> list[Audio]:
+    _settings(target)
+    return [await result_audio(result, http) for result in status.results]
+
+
+@hookimpl
+async def cancel(target: Target, handle: JobHandle, http: httpx.AsyncClient) -> None:
+    settings = _settings(target)
+    if EXTRA_STATUS in handle.extra:
+        return  # finished on /runsync: nothing left to cancel
+    endpoint = settings.endpoint()
+    try:
+        await api.call(
+            http,
+            "POST",
+            endpoint.route("cancel", handle.job_id),
+            "cancel",
+            settings.api_key.reveal(),
+            target.name,
+            content=b"",
+        )
+    except JobLost:
+        return  # already gone: cancelling it is done

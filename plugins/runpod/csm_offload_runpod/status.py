@@ -1,0 +1,197 @@
+"""Parsing RunPod's JSON answers: a job's status into `JobStatus`, `/health` into `Health`.
+
+Only what we rely on is checked; RunPod adds fields over time (`workerId`, `retries`, ...) and
+those are ignored. Every malformed answer becomes a `TransientError` naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from csm_offload import (
+    BatchResponse,
+    Health,
+    JobState,
+    JobStatus,
+    Result,
+    TransientError,
+    WireError,
+    wire,
+)
+
+STATES: Mapping[str, JobState] = {
+    "IN_QUEUE": JobState.QUEUED,
+    "IN_PROGRESS": JobState.RUNNING,
+    "COMPLETED": JobState.COMPLETED,
+    "FAILED": JobState.FAILED,
+    "CANCELLED": JobState.CANCELLED,
+    "TIMED_OUT": JobState.TIMED_OUT,
+}
+_ERROR_CHARS = 500
+
+
+def _millis(data: Mapping[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return round(value)
+
+
+def _error_text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(str(text).split())
+    return text[:_ERROR_CHARS]
+
+
+def job_id_of(data: Any, target: str) -> str:
+    """The job id of a `/run` or `/runsync` answer."""
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not data["id"]:
+        raise TransientError("RunPod's answer has no job id (field `id`)", target=target)
+    return data["id"]
+
+
+def parse_status(
+    data: Any, request_ids: Sequence[str], target: str, limits: wire.WireLimits | None = None
+) -> JobStatus:
+    """A `/status` (or `/runsync`) answer as a `JobStatus` for a job of `request_ids`.
+
+    A completed job must carry a schema-1 `BatchResponse` in `output` with one result per
+    request; results are put in request order."""
+    if not isinstance(data, dict):
+        raise TransientError("RunPod status: expected a JSON object", target=target)
+    raw_state = data.get("status")
+    state = STATES.get(raw_state) if isinstance(raw_state, str) else None
+    if state is None:
+        message = f"RunPod status: unknown state {raw_state!r} (field `status`)"
+        raise TransientError(message, target=target)
+    queue_ms = _millis(data, "delayTime")
+    exec_ms = _millis(data, "executionTime")
+    if state is JobState.COMPLETED:
+        results = _results(data, request_ids, target, limits)
+        return JobStatus(state, results=results, queue_ms=queue_ms, exec_ms=exec_ms)
+    error = None
+    if state in (JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED):
+        found = data.get("error")
+        if found is None and isinstance(data.get("output"), dict):
+            found = data["output"].get("error")
+        error = _error_text(found) if found is not None else f"job {raw_state.lower()}"
+    return JobStatus(state, error=error, queue_ms=queue_ms, exec_ms=exec_ms)
+
+
+def _results(
+    data: Mapping[str, Any],
+    request_ids: Sequence[str],
+    target: str,
+    limits: wire.WireLimits | None,
+) -> tuple[Result, ...]:
+    output = data.get("output")
+    if output is None:
+        # A known RunPod trap: the worker finished but its result upload failed.
+        raise TransientError(
+            "RunPod says COMPLETED but sent no output (the worker's result upload failed?)",
+            target=target,
+        )
+    try:
+        response = wire.structure(output, BatchResponse, limits or wire.DEFAULT_LIMITS)
+    except WireError as exc:
+        message = f"RunPod output is not a csm-offload response: output.{exc}"
+        raise TransientError(message, target=target) from None
+    return in_request_order(response.results, request_ids, target)
+
+
+def in_request_order(
+    results: Sequence[Result], request_ids: Sequence[str], target: str
+) -> tuple[Result, ...]:
+    """The results for `request_ids`, in that order; any missing, extra or foreign id is an
+    error (audio for another request must never be filed under this one)."""
+    by_id = {r.id: r for r in results}
+    if len(by_id) != len(results) or sorted(by_id) != sorted(request_ids):
+        expected = ", ".join(request_ids) or "none"
+        got = ", ".join(r.id for r in results) or "none"
+        raise TransientError(
+            f"RunPod output answers the wrong requests: expected {expected}; got {got}",
+            target=target,
+        )
+    return tuple(by_id[i] for i in request_ids)
+
+
+@attrs.frozen
+class HealthCounts:
+    """The numbers of a `/health` answer that matter to us."""
+
+    in_queue: int
+    in_progress: int
+    idle: int
+    ready: int
+    running: int
+    initializing: int
+    throttled: int
+    unhealthy: int
+
+    @property
+    def serving(self) -> int:
+        """Workers that can take or are taking jobs now."""
+        return self.idle + self.ready + self.running
+
+    @property
+    def workers(self) -> int:
+        return self.serving + self.initializing + self.throttled + self.unhealthy
+
+
+def _count(section: Any, key: str) -> int:
+    value = section.get(key, 0) if isinstance(section, dict) else 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return 0
+    return value
+
+
+def parse_health_counts(data: Any, target: str) -> HealthCounts:
+    if not isinstance(data, dict) or not isinstance(data.get("workers"), dict):
+        raise TransientError("RunPod health: expected {jobs: ..., workers: ...}", target=target)
+    jobs, workers = data.get("jobs", {}), data["workers"]
+    return HealthCounts(
+        in_queue=_count(jobs, "inQueue"),
+        in_progress=_count(jobs, "inProgress"),
+        idle=_count(workers, "idle"),
+        ready=_count(workers, "ready"),
+        running=_count(workers, "running"),
+        initializing=_count(workers, "initializing"),
+        throttled=_count(workers, "throttled"),
+        unhealthy=_count(workers, "unhealthy"),
+    )
+
+
+def judge_health(counts: HealthCounts, previous_queue: int | None, now: float) -> Health:
+    """Is the endpoint fit for work? Not when every worker is unhealthy, nor when the queue grows
+    while no worker serves and none is starting (crash-looping workers look like this)."""
+    detail = (
+        f"{counts.in_queue} queued, {counts.in_progress} running; workers: {counts.idle} idle, "
+        f"{counts.ready} ready, {counts.running} running, {counts.initializing} initializing, "
+        f"{counts.throttled} throttled, {counts.unhealthy} unhealthy"
+    )
+    ok = True
+    reason = ""
+    if counts.unhealthy and counts.serving == 0:
+        ok, reason = False, f"all {counts.unhealthy} workers are unhealthy (crash-looping?)"
+    elif (
+        counts.in_queue
+        and counts.serving == 0
+        and counts.initializing == 0
+        and previous_queue is not None
+        and counts.in_queue > previous_queue
+    ):
+        ok, reason = False, "the queue grows while no worker is ready, idle or starting"
+    return Health(
+        ok=ok,
+        detail=f"{reason}: {detail}" if reason else detail,
+        queue_depth=counts.in_queue,
+        workers=counts.workers,
+        checked_at=now,
+    )
