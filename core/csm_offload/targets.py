@@ -23,6 +23,29 @@ class TargetCheck:
     provider: Provider | None = None
     #: True when the block itself is wrong (a config error), not just unusable right now.
     invalid: bool = False
+    spec: TargetSpec | None = None
+
+    @property
+    def gpu(self) -> str | None:
+        if self.target is not None:
+            return self.target.gpu
+        default = self.provider.info.default_gpu if self.provider else None
+        return (self.spec.gpu if self.spec else None) or default
+
+    @property
+    def usd_per_second(self) -> float | None:
+        """The price this target would be charged at, usable or not (None when unknown)."""
+        if self.provider is None:
+            return None
+        if self.target is not None:
+            price = self.target.price_per_second(self.provider.info)
+            return 0.0 if price is None and not self.provider.info.remote else price
+        if self.spec is not None and self.spec.usd_per_second is not None:
+            return self.spec.usd_per_second
+        if self.spec is not None and self.spec.usd_per_hour is not None:
+            return self.spec.usd_per_hour / 3600
+        price = self.provider.info.prices.price(self.gpu)
+        return 0.0 if price is None and not self.provider.info.remote else price
 
     @property
     def usable(self) -> bool:
@@ -73,8 +96,9 @@ def check_target(
         )
         return TargetCheck(spec.name, spec.kind, None, reason)
     if spec.missing_env:
-        names = ", ".join(spec.missing_env)
-        reason = f"needs {names}: set it in the environment or in a .env file"
+        names = " and ".join(spec.missing_env)
+        them = "them" if len(spec.missing_env) > 1 else "it"
+        reason = f"needs {names}: set {them} in the environment or in a .env file"
         return TargetCheck(spec.name, spec.kind, None, reason, provider)
     try:
         target = _build(spec, provider, config)

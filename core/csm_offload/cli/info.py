@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ..config import default_config_text, find_config
 from ..errors import ConfigError
+from ..targets import TargetCheck
 from .app import App, pass_app
 
 
@@ -45,10 +46,8 @@ def plugins_command(app: App) -> None:
     click.echo(json.dumps(rows, indent=2))
 
 
-def _price(check) -> str:  # type: ignore[no-untyped-def]
-    if check.target is None or check.provider is None:
-        return ""
-    per_second = check.target.price_per_second(check.provider.info)
+def _price(check: TargetCheck) -> str:
+    per_second = check.usd_per_second
     return "" if per_second is None else f"${per_second * 3600:.2f}/h"
 
 
@@ -64,7 +63,7 @@ def providers_command(app: App, as_json: bool) -> None:
             "kind": c.kind,
             "where": "" if c.remote is None else ("remote" if c.remote else "local"),
             "quality": c.provider.info.quality if c.provider else "",
-            "gpu": c.target.gpu if c.target else "",
+            "gpu": c.gpu or "",
             "price": _price(c),
             "usable": c.usable,
             "reason": c.reason,
