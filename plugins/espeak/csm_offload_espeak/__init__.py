@@ -27,7 +27,7 @@ from csm_offload import (
 from csm_offload.results import result_audio
 
 from . import jobs
-from .engine import engine
+from .engine import shared_engine
 from .library import EspeakLoadError
 from .settings import EspeakSettings
 
@@ -73,7 +73,9 @@ def _settings(target: Target) -> EspeakSettings:
 async def health(target: Target, http: Any) -> Health:
     """Ok when the library and its data load and the voice with every variant speaks."""
     try:
-        detail = await asyncio.wrap_future(engine().run(engine().check, _settings(target)))
+        detail = await asyncio.wrap_future(
+            shared_engine().run(shared_engine().check, _settings(target))
+        )
     except (EspeakLoadError, ValueError, RuntimeError) as exc:
         return Health(ok=False, detail=str(exc))
     return Health(ok=True, detail=detail, queue_depth=len(_jobs), workers=1)
@@ -102,7 +104,7 @@ async def submit(target: Target, batch: list[SpeechRequest], http: Any) -> JobHa
         raise Rejected("an eSpeak job needs at least one request")
     for request in requests:
         _check_request(request)
-    job_id = _jobs.submit(engine(), requests, _settings(target))
+    job_id = _jobs.submit(shared_engine(), requests, _settings(target))
     return JobHandle(target=target.name, job_id=job_id, request_ids=[r.id for r in requests])
 
 

@@ -8,6 +8,7 @@ event loop: ctypes releases the GIL while eSpeak runs); the lock also covers any
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -59,10 +60,7 @@ class Engine:
             library = self.library()
             missing = [v for v in settings.variants if not _variant_file(library, v).is_file()]
             if missing:
-                raise ValueError(
-                    f"no eSpeak NG variant named {', '.join(missing)}; choose from "
-                    f"{', '.join(available_variants(library)[:40])}"
-                )
+                raise ValueError(_unknown_variants(library, missing))
             for variant in settings.variants:
                 _select(library, f"{settings.voice}+{variant}", settings)
             spoken = library.synthesize("ok", library.sample_rate * 5, lambda: False)
@@ -114,15 +112,21 @@ def _variant_file(library: EspeakLibrary, variant: str) -> Path:
     return Path(library.data_path) / "voices" / "!v" / variant
 
 
-def available_variants(library: EspeakLibrary) -> list[str]:
-    return sorted(p.name for p in (Path(library.data_path) / "voices" / "!v").iterdir())
+def _unknown_variants(library: EspeakLibrary, missing: list[str]) -> str:
+    folder = Path(library.data_path) / "voices" / "!v"
+    names = sorted(p.name for p in folder.iterdir())
+    plain = [n for n in names if re.fullmatch(r"[mf]\d", n)]
+    return (
+        f"no eSpeak NG variant named {', '.join(missing)} (in `variants`); use one of "
+        f"{', '.join(plain)}, or one of the {len(names) - len(plain)} named variants in {folder}"
+    )
 
 
 _engine: Engine | None = None
 _engine_lock = threading.Lock()
 
 
-def engine() -> Engine:
+def shared_engine() -> Engine:
     """The process's engine (created on first use)."""
     global _engine
     with _engine_lock:

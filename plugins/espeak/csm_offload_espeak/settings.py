@@ -27,6 +27,21 @@ def _voice(_instance: Any, _attribute: attrs.Attribute, value: str) -> None:
         )
 
 
+def _rate(_instance: Any, _attribute: attrs.Attribute, value: int) -> None:
+    if not MIN_RATE <= value <= MAX_RATE:
+        raise ValueError(
+            f"rate must be {MIN_RATE}-{MAX_RATE} words per minute (175 is eSpeak's usual), "
+            f"got {value}"
+        )
+
+
+def _pitch(_instance: Any, _attribute: attrs.Attribute, value: int) -> None:
+    if not MIN_PITCH <= value <= MAX_PITCH:
+        raise ValueError(
+            f"pitch must be {MIN_PITCH}-{MAX_PITCH} (50 is eSpeak's usual), got {value}"
+        )
+
+
 def _variants(_instance: Any, _attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
     if not value:
         raise ValueError("variants must name at least one eSpeak NG variant, e.g. [m3, f2]")
@@ -41,12 +56,8 @@ class EspeakSettings:
     voice variants that CSM speaker ids 0, 1, 2, ... are spoken with."""
 
     voice: str = attrs.field(default="en-us", validator=_voice)
-    rate: int = attrs.field(
-        default=175, validator=[attrs.validators.ge(MIN_RATE), attrs.validators.le(MAX_RATE)]
-    )
-    pitch: int = attrs.field(
-        default=50, validator=[attrs.validators.ge(MIN_PITCH), attrs.validators.le(MAX_PITCH)]
-    )
+    rate: int = attrs.field(default=175, validator=_rate)
+    pitch: int = attrs.field(default=50, validator=_pitch)
     variants: tuple[str, ...] = attrs.field(
         default=DEFAULT_VARIANTS, converter=tuple, validator=_variants
     )
