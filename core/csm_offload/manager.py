@@ -1,0 +1,174 @@
+"""The Python API, in the seed's shape: `CloudGPUManager(targets).generate_speech(...)`.
+
+One manager keeps what a run learns (breakers, health, measured speeds) for the next call, and
+one journal, so repeated calls never pay twice for the same request.
+
+    manager = CloudGPUManager()                      # every configured target
+    audio = manager.generate_speech("Hello.", speaker=0)
+    result = await manager.synthesize(requests, progress=print)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import attrs
+import httpx
+
+from .audio import Audio
+from .backoff import RetryPolicy
+from .breaker import Breakers
+from .chunking import chunk_text
+from .config import Config, load_config
+from .errors import ProviderError, UserError
+from .health import HealthCache
+from .journal import Journal
+from .model import Segment, SpeechRequest
+from .plugins import Plugins, load_plugins
+from .router import Plan, RouteOptions, Router
+from .runner import Progress, Runner, RunnerSettings, RunResult
+from .speed import SpeedBook
+from .targets import TargetCheck, check_targets
+
+#: Seconds a single HTTP request may take before it counts as a transient failure. /runsync
+#: style long polls hold a request open, so the read timeout is generous.
+HTTP_TIMEOUT = httpx.Timeout(connect=10.0, read=330.0, write=60.0, pool=None)
+#: Pause between chunks of one utterance when long text is split.
+CHUNK_PAUSE_S = 0.2
+
+
+def http_client() -> httpx.AsyncClient:
+    """The one shared client of a run: pooled keep-alive connections, no client-side retries."""
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+    return httpx.AsyncClient(timeout=HTTP_TIMEOUT, limits=limits)
+
+
+class CloudGPUManager:
+    def __init__(
+        self,
+        targets: Iterable[str] | None = None,
+        *,
+        config: Config | str | os.PathLike[str] | None = None,
+        plugins: Plugins | None = None,
+        journal: str | os.PathLike[str] | None = None,
+        options: RouteOptions | None = None,
+        max_usd: float | None = None,
+        settings: RunnerSettings | None = None,
+    ) -> None:
+        self.config = config if isinstance(config, Config) else load_config(config)
+        self.plugins = plugins if plugins is not None else load_plugins()
+        self.options = options or RouteOptions()
+        self.checks = self._select(check_targets(self.config, self.plugins.providers), targets)
+        run = self.config.run
+        cloud = self.config.audio.cloud_gpu
+        self.settings = settings or RunnerSettings(
+            retry=RetryPolicy(max_retries=cloud.max_retries),
+            deadline_s=run.deadline_s,
+            max_usd=run.max_usd,
+        )
+        if max_usd is not None:
+            self.settings = _with_budget(self.settings, max_usd)
+        self.journal_path = Path(journal or run.journal)
+        self.router = Router(
+            self.checks, cloud, HealthCache(run.health_ttl_s), Breakers(), SpeedBook()
+        )
+        self._journal: Journal | None = None
+
+    @staticmethod
+    def _select(checks: list[TargetCheck], names: Iterable[str] | None) -> list[TargetCheck]:
+        if names is None:
+            return checks
+        wanted = list(names)
+        known = {c.name for c in checks}
+        unknown = [n for n in wanted if n not in known]
+        if unknown:
+            raise UserError(
+                f"no target named {', '.join(unknown)} in the config; "
+                f"configured: {', '.join(sorted(known)) or 'none'}"
+            )
+        return [c for c in checks if c.name in wanted]
+
+    @property
+    def journal(self) -> Journal:
+        if self._journal is None:
+            self._journal = Journal(self.journal_path)
+        return self._journal
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+
+    def __enter__(self) -> CloudGPUManager:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def plan(self, requests: Sequence[SpeechRequest]) -> Plan:
+        """Where `requests` would go now, from what is already known (no network)."""
+        return self.router.plan(requests, self.options)
+
+    def text_limit(self) -> int:
+        """The smallest text limit among the targets that may be used."""
+        limits = [c.provider.info.limits.max_text_chars for c in self.checks if c.provider]
+        return min(limits) if limits else 5_000
+
+    async def synthesize(
+        self,
+        requests: Sequence[SpeechRequest],
+        progress: Callable[[Progress], None] | None = None,
+    ) -> RunResult:
+        """Generate every request through the router; per-request errors are in the result."""
+        async with http_client() as http:
+            runner = Runner(self.router, self.journal, http, self.settings, self.options)
+            return await runner.run(requests, progress)
+
+    def generate_speech(
+        self,
+        text: str,
+        speaker: int = 0,
+        context: Sequence[Segment] = (),
+        max_length_ms: int = 30_000,
+    ) -> Audio:
+        """The seed's call: one utterance (split at sentences when long), as `Audio`."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise UserError("generate_speech blocks; inside async code use `await synthesize()`")
+        pieces = chunk_text(text, self.text_limit()) or [""]
+        requests = [
+            SpeechRequest(piece, speaker, tuple(context), max_audio_length_ms=max_length_ms)
+            for piece in pieces
+        ]
+        result = asyncio.run(self.synthesize(requests))
+        if not result.ok:
+            first = result.failed()[0]
+            raise ProviderError(f"speech generation failed: {first.error}\n{result.summary()}")
+        audios = [result.outcomes[r.id].audio for r in requests]
+        return join_audio([a for a in audios if a is not None])
+
+
+def join_audio(parts: Sequence[Audio], pause_s: float = CHUNK_PAUSE_S) -> Audio:
+    """Chunks end to end with a short pause between them, at the first chunk's rate."""
+    if not parts:
+        return Audio.silence(0.0)
+    rate = parts[0].sample_rate
+    gap = Audio.silence(pause_s, rate)
+    items: list[Audio] = []
+    for index, part in enumerate(parts):
+        if index:
+            items.append(gap)
+        items.append(part)
+    return Audio.concat(items, rate)
+
+
+def _with_budget(settings: RunnerSettings, max_usd: float) -> RunnerSettings:
+    if max_usd < 0:
+        raise UserError(f"--max-usd must be 0 or more, got {max_usd}")
+    return attrs.evolve(settings, max_usd=max_usd)

@@ -1,0 +1,657 @@
+"""The runner: owns every job's lifecycle, submit → poll → decode, on the router's candidates.
+
+One asyncio task per batch. A batch takes a slot of its target (the per-target in-flight cap)
+for as long as its job is in flight. Failures go through one retry loop: transient errors are
+retried on the same target after exponential backoff with full jitter (a provider's
+`Retry-After` is a floor), a target that keeps failing or says it is `Unavailable` trips its
+circuit breaker and the batch fails over to the next candidate, and a request that a worker
+refused is retried a bounded number of times and then reported on its own. The journal is
+written before each step is acted on, so a killed run can be resumed by the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import attrs
+import httpx
+
+from . import journal as jr
+from .audio import Audio
+from .backoff import RetryPolicy, retry_delay
+from .breaker import Breakers, BreakerState
+from .errors import (
+    BudgetExceeded,
+    CsmOffloadError,
+    JobLost,
+    ProviderError,
+    Rejected,
+    TransientError,
+    Unavailable,
+    WireError,
+)
+from .journal import JobRow, Journal
+from .model import JobHandle, JobState, JobStatus, SpeechRequest
+from .router import Choice, Plan, RouteOptions, Router
+from .speed import SpeedBook
+
+
+@attrs.frozen
+class RunnerSettings:
+    retry: RetryPolicy = attrs.field(factory=RetryPolicy)
+    #: Seconds the whole run may take; in-flight jobs are cancelled when it passes.
+    deadline_s: float = 3600.0
+    max_usd: float | None = None
+    #: Shortest and longest gap between two polls of one job.
+    poll_min_s: float = 0.05
+    poll_max_s: float = 10.0
+    #: When the first poll of a job goes, before anything about the target has been measured.
+    first_poll_s: float = 1.0
+    #: A poll goes this long after the predicted finish, so that it usually finds the job done.
+    poll_margin_s: float = 0.03
+    #: Consecutive poll errors after which a job is given up (cancelled and resubmitted).
+    max_poll_errors: int = 20
+    health_timeout_s: float = 10.0
+    breaker_threshold: int = 5
+    breaker_cooldown_s: float = 5.0
+    #: Times a target's breaker may open without a success in between before batches stop
+    #: waiting for it.
+    breaker_give_up: int = 4
+
+
+@attrs.frozen
+class Progress:
+    """A snapshot for progress callbacks, sent after every change."""
+
+    event: str
+    total: int
+    done: int
+    failed: int
+    cached: int
+    in_flight: int
+    cost_usd: float
+    request_id: str | None = None
+    target: str | None = None
+    detail: str = ""
+
+
+@attrs.define
+class Outcome:
+    """What became of one request."""
+
+    request_id: str
+    audio: Audio | None = None
+    target: str | None = None
+    quality: str | None = None
+    cached: bool = False
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.audio is not None
+
+
+@attrs.define
+class RunResult:
+    plan: Plan
+    outcomes: dict[str, Outcome]
+    cost_usd: float
+    #: Every failure seen, by target, for the summary printed when requests fail.
+    failures: dict[str, list[str]]
+    budget_stopped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outcomes.values())
+
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes.values() if not o.ok]
+
+    def summary(self) -> str:
+        """One line per target: how often and why it failed."""
+        parts = []
+        for target, errors in sorted(self.failures.items()):
+            common = Counter(errors).most_common(2)
+            reasons = "; ".join(f"{msg} (x{n})" for msg, n in common)
+            parts.append(f"{target}: {len(errors)} failures: {reasons}")
+        return "\n".join(parts)
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class _GiveUp(Exception):
+    """This batch stops trying: the message says why."""
+
+
+class _Attempt(Exception):
+    """One attempt on one target failed; `delay` is the backoff before the same target again.
+    `blame` is False when the request, not the target, was at fault (a refusal)."""
+
+    def __init__(self, message: str, delay: float = 0.0, blame: bool = True) -> None:
+        super().__init__(message)
+        self.delay = delay
+        self.blame = blame
+
+
+@attrs.define
+class _Batch:
+    requests: list[SpeechRequest]
+    failures: Counter[str] = attrs.field(factory=Counter)
+    request_failures: Counter[str] = attrs.field(factory=Counter)
+    max_batch: int | None = None
+    last_target: str | None = None
+    delay: float = 0.0
+
+
+class Runner:
+    def __init__(
+        self,
+        router: Router,
+        journal: Journal,
+        http: httpx.AsyncClient,
+        settings: RunnerSettings | None = None,
+        options: RouteOptions | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.router = router
+        self.journal = journal
+        self.http = http
+        self.settings = settings or RunnerSettings()
+        self.options = options or RouteOptions()
+        self.rng = rng or random.Random()
+        self.breakers: Breakers = router.breakers
+        self.speeds: SpeedBook = router.speeds
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._done = 0
+        self._cached = 0
+        self._outcomes: dict[str, Outcome] = {}
+        self._failures: dict[str, list[str]] = {}
+        self._progress: ProgressCallback | None = None
+        self._total = 0
+        self._in_flight = 0
+        self._committed = 0.0
+        self._cost_ratio: dict[str, float] = {}
+        self._budget_stopped = False
+        self._deadline = math.inf
+        self._plan: Plan | None = None
+
+    # --- the run --------------------------------------------------------------------------
+
+    async def run(
+        self, requests: Sequence[SpeechRequest], progress: ProgressCallback | None = None
+    ) -> RunResult:
+        """Generate every request (each id once); per-request errors are in the outcomes."""
+        unique = list({r.id: r for r in requests}.values())
+        self._progress = progress
+        self._total = len(unique)
+        self._deadline = time.monotonic() + self.settings.deadline_s
+        health = self.router.health
+        await health.refresh(
+            self.router.pairs(), self.http, self.settings.health_timeout_s, only_stale=True
+        )
+        plan = self.router.plan(unique or [SpeechRequest(text="")], self.options)
+        self._plan = plan
+        self.journal.record_requests(unique)
+        pending = self._take_cached(unique, plan.quality)
+        health.start(self.router.pairs(), self.http)
+        try:
+            await self._run_pending(pending, plan)
+        finally:
+            await health.stop()
+        return RunResult(
+            plan=plan,
+            outcomes={r.id: self._outcomes[r.id] for r in unique},
+            cost_usd=self._committed,
+            failures=self._failures,
+            budget_stopped=self._budget_stopped,
+        )
+
+    def _take_cached(self, unique: list[SpeechRequest], quality: str) -> list[SpeechRequest]:
+        cached = self.journal.cached([r.id for r in unique], quality)
+        pending = []
+        for request in unique:
+            stored = cached.get(request.id)
+            if stored is None:
+                pending.append(request)
+                continue
+            audio = self.journal.load_audio(stored)
+            self._succeed(Outcome(request.id, audio, stored.target, stored.quality, cached=True))
+            self._emit("cached", request.id, stored.target)
+        return pending
+
+    async def _run_pending(self, pending: list[SpeechRequest], plan: Plan) -> None:
+        self.journal.abandon_unsent()
+        by_id = {r.id: r for r in pending}
+        tasks = []
+        for row in self.journal.in_flight(plan.quality):
+            mine = [by_id.pop(rid) for rid in row.request_ids if rid in by_id]
+            if mine:
+                tasks.append(self._reattach(row, mine, plan))
+        batch_size = plan.first.target.max_batch
+        rest = list(by_id.values())
+        for start in range(0, len(rest), batch_size):
+            tasks.append(self._batch(_Batch(rest[start : start + batch_size]), plan))
+        await asyncio.gather(*tasks)
+
+    # --- one batch ------------------------------------------------------------------------
+
+    async def _batch(self, batch: _Batch, plan: Plan) -> None:
+        while batch.requests:
+            try:
+                choice = await self._choose(batch, plan)
+                if batch.last_target == choice.target.name and batch.delay > 0:
+                    await self._sleep(batch.delay)
+                size = min(choice.target.max_batch, batch.max_batch or math.inf)
+                part = batch.requests[: int(size)]
+                await self._attempt(choice, part, batch)
+            except _Attempt as exc:
+                batch.delay = exc.delay
+            except _GiveUp as exc:
+                self._fail_all(batch.requests, str(exc))
+                return
+            except BudgetExceeded as exc:
+                self._budget_stopped = True
+                self._fail_all(batch.requests, str(exc))
+                return
+
+    async def _choose(self, batch: _Batch, plan: Plan) -> Choice:
+        """The first candidate this batch may use now; waits while all are cooling down."""
+        retries = self.settings.retry.max_retries
+        while True:
+            if time.monotonic() >= self._deadline:
+                raise _GiveUp(f"the run's deadline ({self.settings.deadline_s:g} s) passed")
+            eligible = [
+                c
+                for c in plan.candidates
+                if batch.failures[c.target.name] <= retries
+                and self.breakers.of(c.target.name).opens < self.settings.breaker_give_up
+            ]
+            if not eligible:
+                raise _GiveUp(self._give_up_reason(batch, plan))
+            for choice in eligible:
+                if self._healthy(choice) and self.breakers.of(choice.target.name).available():
+                    return choice
+            cooling = [
+                self.breakers.of(c.target.name)
+                for c in eligible
+                if not self.breakers.of(c.target.name).available()
+            ]
+            if not cooling:
+                raise _GiveUp(self._give_up_reason(batch, plan))
+            await self._sleep(max(0.05, min(b.reopens_in() for b in cooling)))
+
+    def _healthy(self, choice: Choice) -> bool:
+        health = self.router.health.get(choice.target.name)
+        return health is None or health.ok
+
+    def _give_up_reason(self, batch: _Batch, plan: Plan) -> str:
+        tried = ", ".join(
+            f"{c.target.name} ({batch.failures[c.target.name]} failures, "
+            f"{self.breakers.of(c.target.name).describe()})"
+            for c in plan.candidates
+        )
+        return f"every candidate failed: {tried}"
+
+    async def _attempt(self, choice: Choice, part: list[SpeechRequest], batch: _Batch) -> None:
+        target = choice.target
+        breaker = self.breakers.of(target.name)
+        slot = self._slots.setdefault(target.name, asyncio.Semaphore(target.max_in_flight))
+        batch.last_target = target.name
+        probe = False
+        try:
+            async with slot:
+                # Checked again once the slot is ours: while this batch waited, other jobs may
+                # have found the target down.
+                probe = breaker.state is BreakerState.HALF_OPEN
+                if not breaker.acquire():
+                    raise _Attempt("circuit opened while waiting", blame=False)
+                key, handle, reserved = await self._submit(choice, part, batch)
+                self._in_flight += 1
+                try:
+                    status = await self._follow(choice, handle, key, part)
+                finally:
+                    self._in_flight -= 1
+                await self._finish(choice, key, handle, status, part, batch, reserved)
+        except _Attempt as exc:
+            if exc.blame:
+                self._record_failure(target.name, str(exc))
+                breaker.failure(str(exc))
+                batch.failures[target.name] += 1
+            raise
+        finally:
+            if probe:
+                breaker.release()
+        breaker.success()
+
+    async def _submit(
+        self, choice: Choice, part: list[SpeechRequest], batch: _Batch
+    ) -> tuple[int, JobHandle, float]:
+        target, provider = choice.target, choice.provider
+        estimate = provider.estimate_cost(target, part).usd
+        reserved = self._reserve(target.name, estimate)
+        key = self.journal.begin_job(target.name, choice.quality, [r.id for r in part], estimate)
+        try:
+            handle = await self._call(provider.submit(target, part, self.http))
+        except Rejected as exc:
+            self.journal.job_finished(key, jr.FAILED, actual_usd=0.0, error=str(exc))
+            self._committed -= reserved
+            self._rejected(part, batch, str(exc))
+            raise _Attempt(f"rejected: {exc}", blame=False) from None
+        except BaseException as exc:
+            self.journal.job_finished(key, jr.FAILED, actual_usd=0.0, error=_describe(exc))
+            self._committed -= reserved
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise self._attempt_error(target.name, exc, batch) from None
+        self.journal.job_submitted(key, handle)
+        self._emit("submitted", part[0].id, target.name, f"{len(part)} requests")
+        return key, handle, reserved
+
+    def _rejected(self, part: list[SpeechRequest], batch: _Batch, message: str) -> None:
+        """A refusal is for good: split a batch to find the culprit, fail a single request."""
+        if len(part) > 1:
+            batch.max_batch = 1
+            return
+        self._fail_all(part, f"refused by the provider: {message}")
+        batch.requests = [r for r in batch.requests if r.id != part[0].id]
+
+    def _attempt_error(self, target: str, exc: BaseException, batch: _Batch) -> _Attempt:
+        attempt = batch.failures[target]
+        if isinstance(exc, Unavailable):
+            self.breakers.of(target).trip(str(exc))
+            return _Attempt(f"unavailable: {exc}")
+        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+        delay = retry_delay(attempt, retry_after, self.settings.retry, self.rng)
+        return _Attempt(_describe(exc), delay)
+
+    async def _call(self, awaitable: object) -> object:
+        """Await a provider call, but never past the run's deadline."""
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise _GiveUp("the run's deadline passed")
+        return await asyncio.wait_for(awaitable, remaining)  # type: ignore[arg-type]
+
+    # --- following a job ------------------------------------------------------------------
+
+    async def _follow(
+        self, choice: Choice, handle: JobHandle, key: int, part: Sequence[SpeechRequest]
+    ) -> JobStatus:
+        """Poll until the job finishes. The first poll goes near the predicted finish."""
+        target, provider = choice.target, choice.provider
+        chars = sum(len(r.text) for r in part)
+        started = time.monotonic() - max(0.0, time.time() - handle.submitted_at)
+        polls = errors = 0
+        next_at = started + self._first_poll(target.name, chars)
+        while True:
+            if next_at >= self._deadline:
+                await self._cancel(choice, handle, key, "the run's deadline passed")
+                raise _GiveUp(f"the run's deadline ({self.settings.deadline_s:g} s) passed")
+            await self._sleep(next_at - time.monotonic())
+            try:
+                status = await self._call(provider.poll(target, handle, self.http))
+            except (JobLost, Rejected) as exc:
+                self.journal.job_finished(key, jr.FAILED, error=_describe(exc))
+                raise _Attempt(_describe(exc)) from None
+            except (ProviderError, WireError, httpx.HTTPError, TimeoutError) as exc:
+                errors += 1
+                if isinstance(exc, Unavailable):
+                    self.breakers.of(target.name).trip(str(exc))
+                if errors > self.settings.max_poll_errors:
+                    await self._cancel(choice, handle, key, f"polling kept failing: {exc}")
+                    raise _Attempt(f"polling kept failing: {_describe(exc)}") from None
+                retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+                next_at = time.monotonic() + max(
+                    self.settings.poll_min_s,
+                    retry_delay(errors, retry_after, self.settings.retry, self.rng),
+                )
+                continue
+            assert isinstance(status, JobStatus)
+            if status.state.finished:
+                self._observe(target.name, chars, started, status)
+                return status
+            errors = 0
+            polls += 1
+            next_at = self._next_poll(target.name, chars, started, polls)
+
+    def _first_poll(self, target: str, chars: int) -> float:
+        predicted = self.speeds.of(target).predict(chars)
+        if predicted is None:
+            return self.settings.first_poll_s
+        return predicted + self.settings.poll_margin_s
+
+    def _next_poll(self, target: str, chars: int, started: float, polls: int) -> float:
+        """After an early poll: the (re)predicted finish if it is still ahead, else back off."""
+        now = time.monotonic()
+        predicted = self.speeds.of(target).predict(chars)
+        if predicted is not None and started + predicted + self.settings.poll_margin_s > now:
+            return started + predicted + self.settings.poll_margin_s
+        scale = predicted if predicted is not None else self.settings.first_poll_s
+        gap = max(self.settings.poll_min_s, 0.1 * scale) * (1.5 ** min(polls - 1, 20))
+        return now + min(self.settings.poll_max_s, gap)
+
+    def _observe(self, target: str, chars: int, started: float, status: JobStatus) -> None:
+        if status.state is not JobState.COMPLETED:
+            return
+        wall = time.monotonic() - started
+        queue_s = status.queue_ms / 1000 if status.queue_ms is not None else None
+        exec_s = status.exec_ms / 1000 if status.exec_ms is not None else None
+        if exec_s is None:
+            exec_s = max(0.0, wall - (queue_s or 0.0))
+        self.speeds.of(target).observe(chars, exec_s, queue_s)
+
+    async def _cancel(self, choice: Choice, handle: JobHandle, key: int, why: str) -> None:
+        """Best effort: a job we give up on should stop costing money."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(choice.provider.cancel(choice.target, handle, self.http), 10.0)
+        self.journal.job_finished(key, jr.FAILED, error=f"cancelled: {why}")
+
+    # --- finishing a job ------------------------------------------------------------------
+
+    async def _finish(
+        self,
+        choice: Choice,
+        key: int,
+        handle: JobHandle,
+        status: JobStatus,
+        part: list[SpeechRequest],
+        batch: _Batch,
+        reserved: float,
+    ) -> None:
+        actual = self._actual_cost(choice, status)
+        self._settle(choice.target.name, reserved, actual)
+        if status.state is not JobState.COMPLETED:
+            self.journal.job_finished(
+                key,
+                jr.FAILED,
+                actual_usd=actual,
+                exec_ms=status.exec_ms,
+                queue_ms=status.queue_ms,
+                error=status.error or status.state.value,
+            )
+            message = f"job {status.state.value}: {status.error or 'no detail'}"
+            raise _Attempt(message, self._backoff(choice, batch))
+        done, failed = await self._store(choice, key, status, part)
+        self.journal.job_finished(
+            key,
+            jr.COMPLETED,
+            actual_usd=actual,
+            exec_ms=status.exec_ms,
+            queue_ms=status.queue_ms,
+            error="; ".join(failed.values()) or None,
+        )
+        batch.requests = [r for r in batch.requests if r.id not in done]
+        for request_id, error in failed.items():
+            batch.request_failures[request_id] += 1
+            self._record_failure(choice.target.name, error)
+            if batch.request_failures[request_id] > self.settings.retry.max_retries:
+                self._fail_all([r for r in part if r.id == request_id], error)
+                batch.requests = [r for r in batch.requests if r.id != request_id]
+        if failed and not done:
+            raise _Attempt(next(iter(failed.values())), self._backoff(choice, batch))
+
+    def _backoff(self, choice: Choice, batch: _Batch) -> float:
+        attempt = batch.failures[choice.target.name]
+        return retry_delay(attempt, None, self.settings.retry, self.rng)
+
+    async def _store(
+        self, choice: Choice, key: int, status: JobStatus, part: list[SpeechRequest]
+    ) -> tuple[set[str], dict[str, str]]:
+        """Decode and journal the good results; return the ids stored and the ids that failed."""
+        wanted = {r.id for r in part}
+        by_id = {r.id: r for r in status.results if r.id in wanted}
+        failed = {rid: "the job returned no result for it" for rid in wanted - set(by_id)}
+        for rid, result in by_id.items():
+            if result.error is not None:
+                failed[rid] = f"worker error: {result.error}"
+        good = [r for r in status.results if r.id in by_id and r.error is None]
+        if not good:
+            return set(), failed
+        try:
+            decoded = await self._call(
+                choice.provider.decode(choice.target, attrs.evolve(status, results=good), self.http)
+            )
+        except (CsmOffloadError, httpx.HTTPError, TimeoutError) as exc:
+            failed.update({r.id: f"decode failed: {_describe(exc)}" for r in good})
+            return set(), failed
+        audios = list(decoded) if isinstance(decoded, list | tuple) else []
+        if len(audios) != len(good) or not all(_sane(a) for a in audios):
+            failed.update({r.id: "decode returned wrong or unreadable audio" for r in good})
+            return set(), failed
+        done = set()
+        for result, audio in zip(good, audios, strict=True):
+            self.journal.store_result(result.id, choice.quality, choice.target.name, key, audio)
+            self._succeed(Outcome(result.id, audio, choice.target.name, choice.quality))
+            done.add(result.id)
+            self._emit("completed", result.id, choice.target.name)
+        return done, failed
+
+    # --- re-attaching jobs of a run that died -------------------------------------------------
+
+    async def _reattach(self, row: JobRow, mine: list[SpeechRequest], plan: Plan) -> None:
+        """Poll a job a dead run left in flight; resubmit only what it does not deliver."""
+        choice = self._choice_for(row.target, plan)
+        batch = _Batch(mine)
+        if choice is None or row.handle is None:
+            self.journal.job_finished(row.key, jr.ABANDONED, error="target no longer usable")
+            await self._batch(batch, plan)
+            return
+        slot = self._slots.setdefault(
+            choice.target.name, asyncio.Semaphore(choice.target.max_in_flight)
+        )
+        self._emit("reattached", mine[0].id, row.target, f"job {row.handle.job_id}")
+        part = [r for r in mine]
+        try:
+            async with slot:
+                self._in_flight += 1
+                try:
+                    status = await self._follow(choice, row.handle, row.key, part)
+                finally:
+                    self._in_flight -= 1
+                await self._finish(choice, row.key, row.handle, status, part, batch, 0.0)
+        except _Attempt as exc:
+            self._record_failure(choice.target.name, str(exc))
+            batch.failures[choice.target.name] += 1
+        except _GiveUp as exc:
+            self._fail_all(batch.requests, str(exc))
+            return
+        await self._batch(batch, plan)
+
+    @staticmethod
+    def _choice_for(name: str, plan: Plan) -> Choice | None:
+        return next((c for c in plan.candidates if c.target.name == name), None)
+
+    # --- money ----------------------------------------------------------------------------
+
+    def _reserve(self, target: str, estimate: float) -> float:
+        """Commit an estimate against the budget before submitting, or refuse."""
+        reserved = estimate * self._cost_ratio.get(target, 1.0)
+        limit = self.settings.max_usd
+        if limit is not None and self._committed + reserved > limit + 1e-12:
+            raise BudgetExceeded(
+                f"the budget of ${limit:.4f} (run.max_usd / --max-usd) would be exceeded: "
+                f"${self._committed:.4f} committed, next job ${reserved:.4f}; "
+                "raise the budget and rerun (finished work is kept)"
+            )
+        self._committed += reserved
+        return reserved
+
+    def _settle(self, target: str, reserved: float, actual: float | None) -> None:
+        """Replace a reservation by the actual cost, and learn how estimates compare."""
+        if actual is None:
+            return
+        self._committed += actual - reserved
+        if reserved > 0:
+            ratio = actual / reserved * self._cost_ratio.get(target, 1.0)
+            self._cost_ratio[target] = max(self._cost_ratio.get(target, 1.0), ratio)
+
+    @staticmethod
+    def _actual_cost(choice: Choice, status: JobStatus) -> float | None:
+        if status.exec_ms is None:
+            return None
+        price = choice.target.price_per_second(choice.provider.info)
+        if price is None:
+            return None
+        return status.exec_ms / 1000 * price
+
+    # --- bookkeeping ----------------------------------------------------------------------
+
+    def _fail_all(self, requests: Sequence[SpeechRequest], error: str) -> None:
+        for request in requests:
+            if request.id not in self._outcomes:
+                self._outcomes[request.id] = Outcome(request.id, error=error)
+                self._emit("failed", request.id, None, error)
+
+    def _succeed(self, outcome: Outcome) -> None:
+        self._outcomes[outcome.request_id] = outcome
+        self._done += 1
+        self._cached += outcome.cached
+
+    def _record_failure(self, target: str, message: str) -> None:
+        self._failures.setdefault(target, []).append(message)
+
+    def _emit(
+        self, event: str, request_id: str | None, target: str | None, detail: str = ""
+    ) -> None:
+        if self._progress is None:
+            return
+        self._progress(
+            Progress(
+                event=event,
+                total=self._total,
+                done=self._done,
+                failed=len(self._outcomes) - self._done,
+                cached=self._cached,
+                in_flight=self._in_flight,
+                cost_usd=self._committed,
+                request_id=request_id,
+                target=target,
+                detail=detail,
+            )
+        )
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            await asyncio.sleep(min(seconds, max(0.0, self._deadline - time.monotonic())))
+
+
+def _sane(audio: object) -> bool:
+    return (
+        isinstance(audio, Audio)
+        and audio.frames > 0
+        and bool(
+            math.isfinite(float(audio.samples.max())) and math.isfinite(float(audio.samples.min()))
+        )
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name

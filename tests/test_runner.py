@@ -1,0 +1,279 @@
+"""Runner: batching, in-flight caps, retry, breaker, fail-over, polling, deadlines, progress."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+
+from csm_offload import JobLost, JobState, JobStatus, Rejected, TransientError, Unavailable
+from csm_offload.backoff import RetryPolicy
+from csm_offload.journal import Journal
+from csm_offload.plugins import Plugins
+from csm_offload.router import RouteOptions, Router
+from csm_offload.runner import Progress, Runner, RunnerSettings, RunResult
+from csm_offload.model import SpeechRequest
+from tests.scripted_provider import (
+    ScriptedProvider,
+    completed,
+    make_router,
+    registered_all,
+    requests_for,
+    tone_for,
+)
+
+FAST = RunnerSettings(
+    retry=RetryPolicy(max_retries=3, base_s=0.01, cap_s=0.05),
+    first_poll_s=0.02,
+    poll_min_s=0.01,
+    poll_margin_s=0.005,
+    deadline_s=20.0,
+)
+ONE = """
+providers:
+  a:
+    kind: cloud_a
+    max_batch: {batch}
+    max_in_flight: {in_flight}
+"""
+TWO = """
+providers:
+  a:
+    kind: cloud_a
+    usd_per_second: 0.0001
+    max_batch: 1
+  b:
+    kind: cloud_b
+    usd_per_second: 0.001
+    max_batch: 1
+"""
+
+
+def run(
+    router: Router,
+    requests: list[SpeechRequest],
+    journal: Path,
+    settings: RunnerSettings = FAST,
+    progress: list[Progress] | None = None,
+) -> RunResult:
+    async def go() -> RunResult:
+        with Journal(journal) as book:
+            async with httpx.AsyncClient() as http:
+                runner = Runner(router, book, http, settings, RouteOptions())
+                return await runner.run(requests, progress.append if progress is not None else None)
+
+    return asyncio.run(go())
+
+
+def assert_all_ok(result: RunResult, requests: list[SpeechRequest]) -> None:
+    assert result.ok, result.summary() + str([o.error for o in result.failed()])
+    for request in requests:
+        assert result.outcomes[request.id].audio == tone_for(request).quantized()
+
+
+def test_batches_up_to_max_batch(plugins: Plugins, tmp_path: Path) -> None:
+    a = ScriptedProvider("cloud_a")
+    requests = requests_for(10)
+    with registered_all(plugins, a=a):
+        result = run(
+            make_router(plugins, ONE.format(batch=4, in_flight=8)), requests, tmp_path / "j"
+        )
+    assert_all_ok(result, requests)
+    assert a.calls["submit"] == 3
+    assert sorted(len(job.batch) for job in a.jobs.values()) == [2, 4, 4]
+
+
+def test_in_flight_cap_is_respected(plugins: Plugins, tmp_path: Path) -> None:
+    a = ScriptedProvider("cloud_a", seconds_per_char=0.002)
+    active = 0
+    peak = 0
+    submit, poll = a.submit, a.poll
+
+    async def counting_submit(target, batch, http):  # type: ignore[no-untyped-def]
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        return await submit(target, batch, http)
+
+    async def counting_poll(target, handle, http):  # type: ignore[no-untyped-def]
+        nonlocal active
+        status = await poll(target, handle, http)
+        if status.state.finished:
+            active -= 1
+        return status
+
+    requests = requests_for(12)
+    with registered_all(plugins, a=a):
+        router = make_router(plugins, ONE.format(batch=1, in_flight=3))
+        provider = router.checks[0].provider
+        provider.callers["submit"] = lambda **kw: counting_submit(**kw)  # type: ignore[union-attr]
+        provider.callers["poll"] = lambda **kw: counting_poll(**kw)  # type: ignore[union-attr]
+        result = run(router, requests, tmp_path / "j")
+    assert_all_ok(result, requests)
+    assert peak == 3
+
+
+def test_transient_submit_error_is_retried_after_retry_after(
+    plugins: Plugins, tmp_path: Path
+) -> None:
+    a = ScriptedProvider("cloud_a")
+    a.script("submit", TransientError("429 slow down", retry_after=0.3))
+    requests = requests_for(1)
+    with registered_all(plugins, a=a):
+        started = time.monotonic()
+        result = run(
+            make_router(plugins, ONE.format(batch=1, in_flight=1)), requests, tmp_path / "j"
+        )
+    assert time.monotonic() - started >= 0.3
+    assert_all_ok(result, requests)
+    assert a.calls["submit"] == 2
+
+
+def test_unavailable_target_fails_over_and_is_not_retried_per_request(
+    plugins: Plugins, tmp_path: Path
+) -> None:
+    a = ScriptedProvider("cloud_a")
+    b = ScriptedProvider("cloud_b")
+    a.script("submit", *[Unavailable("endpoint has no workers") for _ in range(50)])
+    requests = requests_for(20)
+    with registered_all(plugins, a=a, b=b):
+        router = make_router(plugins, TWO)
+        result = run(router, requests, tmp_path / "j")
+    assert_all_ok(result, requests)
+    assert {o.target for o in result.outcomes.values()} == {"b"}
+    # The breaker opened on the first failure; at most a half-open probe or two followed.
+    assert a.calls["submit"] <= 3
+    assert b.calls["submit"] == 20
+
+
+def test_failed_and_lost_jobs_are_resubmitted_poll_errors_are_not(
+    plugins: Plugins, tmp_path: Path
+) -> None:
+    a = ScriptedProvider("cloud_a")
+    a.script(
+        "poll",
+        TransientError("502 from the gateway"),
+        lambda job: JobStatus(JobState.FAILED, error="worker crashed", exec_ms=10),
+        JobLost("404 after TTL"),
+    )
+    requests = requests_for(1)
+    with registered_all(plugins, a=a):
+        result = run(
+            make_router(plugins, ONE.format(batch=1, in_flight=1)), requests, tmp_path / "j"
+        )
+    assert_all_ok(result, requests)
+    # 502 on a poll: poll again, same job. Failed, then lost: two more submissions.
+    assert a.calls["submit"] == 3
+    assert "worker crashed" in result.summary()
+
+
+def test_per_request_error_retries_only_that_request(plugins: Plugins, tmp_path: Path) -> None:
+    a = ScriptedProvider("cloud_a")
+    requests = requests_for(4)
+    bad = requests[2].id
+    a.script("poll", lambda job: completed(job, {bad: "CUDA out of memory"}))
+    with registered_all(plugins, a=a):
+        result = run(
+            make_router(plugins, ONE.format(batch=4, in_flight=1)), requests, tmp_path / "j"
+        )
+    assert_all_ok(result, requests)
+    assert a.submitted[bad] == 2
+    assert all(a.submitted[r.id] == 1 for r in requests if r.id != bad)
+
+
+def test_rejected_request_is_not_sent_again(plugins: Plugins, tmp_path: Path) -> None:
+    a = ScriptedProvider("cloud_a")
+    a.script("submit", Rejected("text too long"))
+    requests = requests_for(2)
+    with registered_all(plugins, a=a):
+        result = run(
+            make_router(plugins, ONE.format(batch=1, in_flight=1)), requests, tmp_path / "j"
+        )
+    failed = result.failed()
+    assert len(failed) == 1 and "text too long" in (failed[0].error or "")
+    assert a.calls["submit"] == 2
+
+
+def test_wrong_audio_count_is_resubmitted(plugins: Plugins, tmp_path: Path) -> None:
+    a = ScriptedProvider("cloud_a")
+
+    def short(job):  # type: ignore[no-untyped-def]
+        status = completed(job)
+        return JobStatus(JobState.COMPLETED, status.results[:1], exec_ms=1)
+
+    a.script("poll", short)
+    requests = requests_for(2)
+    with registered_all(plugins, a=a):
+        result = run(
+            make_router(plugins, ONE.format(batch=2, in_flight=1)), requests, tmp_path / "j"
+        )
+    assert_all_ok(result, requests)
+    # The request that came back was kept; only the missing one went again.
+    assert sorted(a.submitted.values()) == [1, 2]
+
+
+def test_deadline_cancels_and_reports(plugins: Plugins, tmp_path: Path) -> None:
+    a = ScriptedProvider("cloud_a", seconds_per_char=10.0)
+    settings = RunnerSettings(first_poll_s=0.05, poll_min_s=0.02, deadline_s=0.5)
+    requests = requests_for(1)
+    with registered_all(plugins, a=a):
+        started = time.monotonic()
+        result = run(
+            make_router(plugins, ONE.format(batch=1, in_flight=1)),
+            requests,
+            tmp_path / "j",
+            settings,
+        )
+    assert time.monotonic() - started < 5
+    assert "deadline" in (result.failed()[0].error or "")
+    assert a.calls["cancel"] == 1
+    assert next(iter(a.jobs.values())).cancelled
+
+
+def test_first_poll_lands_near_the_predicted_finish(plugins: Plugins, tmp_path: Path) -> None:
+    a = ScriptedProvider("cloud_a", seconds_per_char=0.004)
+    with registered_all(plugins, a=a):
+        router = make_router(plugins, ONE.format(batch=1, in_flight=20))
+        run(router, requests_for(1, "warm up"), tmp_path / "j")
+        polls_before = a.calls["poll"]
+        requests = requests_for(20)
+        result = run(router, requests, tmp_path / "j")
+    assert_all_ok(result, requests)
+    polls = a.calls["poll"] - polls_before
+    assert polls <= 30, f"{polls} polls for 20 jobs"
+
+
+def test_progress_reports_every_request(plugins: Plugins, tmp_path: Path) -> None:
+    a = ScriptedProvider("cloud_a", seconds_per_char=0.0001)
+    events: list[Progress] = []
+    requests = requests_for(6)
+    with registered_all(plugins, a=a):
+        run(
+            make_router(plugins, ONE.format(batch=2, in_flight=2)),
+            requests,
+            tmp_path / "j",
+            progress=events,
+        )
+    completed_events = [e for e in events if e.event == "completed"]
+    assert len(completed_events) == 6
+    assert events[-1].done == 6 and events[-1].total == 6
+    assert events[-1].cost_usd > 0
+    assert [e.done for e in completed_events] == sorted(e.done for e in completed_events)
+
+
+def test_all_candidates_failing_gives_a_per_target_summary(
+    plugins: Plugins, tmp_path: Path
+) -> None:
+    a = ScriptedProvider("cloud_a")
+    b = ScriptedProvider("cloud_b")
+    a.script("submit", *[TransientError("HTTP 503") for _ in range(20)])
+    b.script("submit", *[TransientError("connection reset") for _ in range(20)])
+    requests = requests_for(1)
+    with registered_all(plugins, a=a, b=b):
+        result = run(make_router(plugins, TWO), requests, tmp_path / "j")
+    assert not result.ok
+    summary = result.summary()
+    assert "a: " in summary and "HTTP 503" in summary
+    assert "b: " in summary and "connection reset" in summary
