@@ -15,6 +15,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from csm_offload import CSM_SAMPLE_RATE, Audio, SpeechRequest
 
 from .library import PARAM_PITCH, PARAM_RATE, EspeakLibrary, EspeakLoadError, default_paths
@@ -91,7 +93,9 @@ class Engine:
                 "split the text into shorter chunks or raise max_audio_length_ms"
             )
         audio = Audio(spoken.samples.astype("float32") / 32768.0, spoken.sample_rate)
-        return audio.resample(CSM_SAMPLE_RATE)
+        resampled = audio.resample(CSM_SAMPLE_RATE)
+        # eSpeak sometimes drives samples to full scale; the resampler's ringing then overshoots.
+        return Audio(np.clip(resampled.samples, -1.0, 1.0), CSM_SAMPLE_RATE)
 
 
 def _select(
