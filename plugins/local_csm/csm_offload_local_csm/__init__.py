@@ -5,9 +5,26 @@ torch is imported lazily, so `csm-offload plugins` works where torch is not inst
 
 from __future__ import annotations
 
-import attrs
+from typing import Any
 
-from csm_offload import PriceTable, ProviderInfo, ProviderLimits, hookimpl
+from csm_offload import (
+    Audio,
+    CostEstimate,
+    Health,
+    JobHandle,
+    JobStatus,
+    PriceTable,
+    ProviderInfo,
+    ProviderLimits,
+    SpeechRequest,
+    hookimpl,
+)
+from csm_offload.results import result_audio
+
+from .provider import RUNTIME, LocalCsmSettings, estimate
+from .provider import health as _health
+
+__all__ = ["KIND", "LocalCsmSettings"]
 
 KIND = "local_csm"
 PRICES = PriceTable(
@@ -16,15 +33,6 @@ PRICES = PriceTable(
     source="this machine: set usd_per_hour on the target to price its time",
     billing="your own hardware",
 )
-
-
-@attrs.frozen
-class LocalCsmSettings:
-    """Which weights to load and where to run them."""
-
-    model: str = "sesame/csm-1b"
-    device: str = "auto"
-    dtype: str = "auto"
 
 
 @hookimpl
@@ -39,3 +47,42 @@ def provider_info() -> ProviderInfo:
         quality="csm",
         default_gpu=None,
     )
+
+
+@hookimpl
+def estimate_cost(target: Any, batch: list[SpeechRequest]) -> CostEstimate:
+    """This machine's time (measured speed) at the target's price, which defaults to 0."""
+    return estimate(target, batch, target.price_per_second(provider_info()) or 0.0)
+
+
+@hookimpl
+async def health(target: Any, http: Any) -> Health:
+    return await _health(target.settings)
+
+
+@hookimpl
+async def submit(target: Any, batch: list[SpeechRequest], http: Any) -> JobHandle:
+    job_id = RUNTIME.submit(target.settings, list(batch))
+    return JobHandle(target.name, job_id, tuple(request.id for request in batch))
+
+
+@hookimpl
+async def poll(target: Any, handle: JobHandle, http: Any) -> JobStatus:
+    return RUNTIME.status(handle.job_id)
+
+
+@hookimpl
+async def decode(target: Any, status: JobStatus, http: Any) -> list[Audio]:
+    return [await result_audio(result, http) for result in status.results]
+
+
+@hookimpl
+async def cancel(target: Any, handle: JobHandle, http: Any) -> None:
+    RUNTIME.cancel(handle.job_id)
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    from .command import serve_command
+
+    cli.add_command(serve_command)

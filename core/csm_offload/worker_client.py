@@ -1,0 +1,153 @@
+"""An async client for the csm-offload worker server (`csm-offload serve`), and its wire types.
+
+The protocol (wire format v1, JSON; see docs/worker-server.md):
+`POST /v1/jobs` (a `BatchRequest`) -> `WorkerJob`; `GET /v1/jobs/{id}?wait=S` -> `WorkerJob`
+(long-polls up to S seconds for the job to finish); `DELETE /v1/jobs/{id}` -> `WorkerJob`;
+`GET /healthz` -> `WorkerHealth`. Errors are `{"error": "..."}` with an HTTP status.
+
+The client uses the `httpx.AsyncClient` it is given, never retries or sleeps, and raises the
+core's typed errors so the runner can decide.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import httpx
+
+from . import wire
+from .errors import JobLost, Rejected, TransientError, Unavailable, WireError
+from .model import BatchRequest, BatchResponse, JobState, WorkerInfo
+from .secret import Secret
+from .wire import DEFAULT_LIMITS, WireLimits
+
+#: Seconds added to a long-poll's wait for the network and the server's own answer.
+_WAIT_SLACK_S = 10.0
+
+
+@attrs.frozen
+class WorkerJob:
+    """A job on the worker server. `response` is set once `state` is completed."""
+
+    id: str
+    # The converter (not cattrs) makes the enum: the core converter's `str` hook would
+    # otherwise accept any string for a `StrEnum`.
+    state: JobState = attrs.field(converter=JobState)
+    response: BatchResponse | None = None
+    error: str | None = None
+    queue_ms: int | None = None
+    exec_ms: int | None = None
+    schema: int = 1
+
+
+@attrs.frozen
+class WorkerHealth:
+    """`GET /healthz`: is the engine loaded, how busy is the queue, how fast is this machine."""
+
+    ok: bool
+    detail: str
+    queued: int
+    running: int
+    max_queue: int
+    worker: WorkerInfo = attrs.field(factory=WorkerInfo)
+    #: Measured wall seconds of generation per character of text (None before the first job).
+    seconds_per_char: float | None = None
+    schema: int = 1
+
+
+class WorkerClient:
+    """Talks to one worker server at `base_url` (no trailing `/v1`)."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        token: Secret | None = None,
+        limits: WireLimits = DEFAULT_LIMITS,
+    ) -> None:
+        self.http = http
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.limits = limits
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token.reveal()}"
+        return headers
+
+    async def submit(self, batch: BatchRequest) -> WorkerJob:
+        body = wire.dumps(batch)
+        response = await self._send("POST", "/v1/jobs", content=body)
+        return self._parse(response, WorkerJob)
+
+    async def job(self, job_id: str, wait: float | None = None) -> WorkerJob:
+        """The job's state; with `wait`, the server holds the answer until it finishes."""
+        params = {"wait": f"{wait:g}"} if wait else None
+        timeout = None if not wait else wait + _WAIT_SLACK_S
+        response = await self._send(
+            "GET", f"/v1/jobs/{job_id}", params=params, http_timeout=timeout
+        )
+        return self._parse(response, WorkerJob)
+
+    async def cancel(self, job_id: str) -> WorkerJob:
+        response = await self._send("DELETE", f"/v1/jobs/{job_id}")
+        return self._parse(response, WorkerJob)
+
+    async def health(self) -> WorkerHealth:
+        response = await self._send("GET", "/healthz")
+        return self._parse(response, WorkerHealth)
+
+    async def _send(
+        self, method: str, path: str, http_timeout: float | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        extra = {} if http_timeout is None else {"timeout": http_timeout}
+        try:
+            response = await self.http.request(
+                method, self.base_url + path, headers=self._headers(), **kwargs, **extra
+            )
+        except httpx.TimeoutException:
+            raise TransientError(f"worker at {self.base_url} timed out") from None
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"worker at {self.base_url}: {type(exc).__name__}") from None
+        _raise_for_status(response, self.base_url)
+        return response
+
+    def _parse(self, response: httpx.Response, cls: type) -> Any:
+        try:
+            return wire.loads(response.content, cls, self.limits)
+        except WireError as exc:
+            raise TransientError(f"worker sent a malformed answer: {exc}") from None
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}"
+    message = data.get("error") if isinstance(data, dict) else None
+    return str(message)[:500] if message else f"HTTP {response.status_code}"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", "")))
+    except ValueError:
+        return None
+
+
+def _raise_for_status(response: httpx.Response, where: str) -> None:
+    status = response.status_code
+    if status < 400:
+        return
+    text = f"worker at {where}: {_error_text(response)}"
+    if status in (401, 403):
+        raise Unavailable(f"{text} (check the worker token)")
+    if status == 404:
+        raise JobLost(text)
+    if status in (429, 503):
+        raise TransientError(text, retry_after=_retry_after(response))
+    if 400 <= status < 500:
+        raise Rejected(text)
+    raise TransientError(text)

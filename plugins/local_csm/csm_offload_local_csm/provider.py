@@ -1,0 +1,231 @@
+"""The in-process provider: jobs run on one worker thread, so the event loop never blocks.
+
+Engines are loaded on that thread the first time a target needs them, and kept; one thread
+because one machine has one GPU and batching (not threads) is how CSM goes faster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib.util
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from csm_offload import (
+    BatchResponse,
+    CostEstimate,
+    Health,
+    JobState,
+    JobStatus,
+    SpeechRequest,
+)
+from csm_offload.errors import JobLost, Unavailable
+
+from .speed import SpeedMeter
+from .worker import ParsedBatch, run_batch
+
+#: Priors before anything is measured, from CSM-1B's speed: about real time on a datacentre GPU
+#: (speech runs at roughly 15 characters a second) and about ten times slower on a CPU.
+PRIOR_GPU_S_PER_CHAR = 0.07
+PRIOR_CPU_S_PER_CHAR = 0.7
+#: Finished jobs nobody polled are forgotten after this long.
+FINISHED_TTL_S = 3600.0
+
+
+@attrs.frozen
+class LocalCsmSettings:
+    """Which weights to load and where to run them."""
+
+    model: str = "sesame/csm-1b"
+    device: str = "auto"
+    dtype: str = "auto"
+    static_cache: bool = False
+    compile: bool = False
+
+
+def _engine_key(settings: LocalCsmSettings) -> tuple:
+    return attrs.astuple(settings)
+
+
+@attrs.define
+class _Job:
+    future: concurrent.futures.Future
+    cancel: threading.Event
+    submitted: float
+    started: float | None = None
+    finished: float | None = None
+
+
+class LocalRuntime:
+    """Loaded engines, their speed, and the jobs of this process."""
+
+    def __init__(self) -> None:
+        self.engines: dict[tuple, Any] = {}
+        self.meters: dict[tuple, SpeedMeter] = {}
+        self.jobs: dict[str, _Job] = {}
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, "csm-offload-local")
+        return self._executor
+
+    def meter(self, settings: LocalCsmSettings) -> SpeedMeter:
+        with self._lock:
+            return self.meters.setdefault(_engine_key(settings), SpeedMeter())
+
+    def engine(self, settings: LocalCsmSettings) -> Any:
+        """The loaded engine for these settings (loads it; call on the worker thread)."""
+        key = _engine_key(settings)
+        if key not in self.engines:
+            from .engine import CsmEngine, EngineOptions
+
+            options = EngineOptions(**attrs.asdict(settings))
+            self.engines[key] = CsmEngine.load(options)
+        return self.engines[key]
+
+    def submit(self, settings: LocalCsmSettings, batch: list[SpeechRequest]) -> str:
+        self._forget_old()
+        job_id = uuid.uuid4().hex
+        job = _Job(concurrent.futures.Future(), threading.Event(), time.time())
+        job.future = self.executor.submit(self._run, settings, job, batch)
+        self.jobs[job_id] = job
+        return job_id
+
+    def _run(self, settings: LocalCsmSettings, job: _Job, batch: list[SpeechRequest]) -> Any:
+        job.started = time.time()
+        try:
+            if job.cancel.is_set():
+                return None
+            engine = self.engine(settings)
+            started = time.perf_counter()
+            response = run_batch(engine, ParsedBatch(tuple(batch), "wav"), job.cancel)
+            chars = sum(len(request.text) for request in batch)
+            self.meter(settings).record(chars, time.perf_counter() - started)
+            return response
+        finally:
+            job.finished = time.time()
+
+    def _forget_old(self) -> None:
+        now = time.time()
+        for job_id, job in list(self.jobs.items()):
+            if job.finished is not None and now - job.finished > FINISHED_TTL_S:
+                del self.jobs[job_id]
+
+    def status(self, job_id: str) -> JobStatus:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise JobLost(f"local job {job_id} is not known to this process (restarted?)")
+        queue_ms = _ms(job.submitted, job.started)
+        if not job.future.done():
+            state = JobState.QUEUED if job.started is None else JobState.RUNNING
+            return JobStatus(state, queue_ms=queue_ms)
+        exec_ms = _ms(job.started, job.finished)
+        if job.cancel.is_set() or job.future.cancelled():
+            return JobStatus(JobState.CANCELLED, error="cancelled", queue_ms=queue_ms)
+        error = job.future.exception()
+        if error is not None:
+            from .engine import ModelLoadError
+
+            if isinstance(error, ModelLoadError):
+                raise Unavailable(str(error))
+            message = f"engine failed: {type(error).__name__}: {error}"
+            return JobStatus(JobState.FAILED, error=message, queue_ms=queue_ms, exec_ms=exec_ms)
+        response: BatchResponse = job.future.result()
+        return JobStatus(JobState.COMPLETED, response.results, None, queue_ms, exec_ms)
+
+    def cancel(self, job_id: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        job.cancel.set()
+        job.future.cancel()
+
+
+def _ms(start: float | None, end: float | None) -> int | None:
+    if start is None:
+        return None
+    return round(((end or time.time()) - start) * 1000)
+
+
+RUNTIME = LocalRuntime()
+
+
+def seconds_per_char(settings: LocalCsmSettings) -> tuple[float, str]:
+    """This machine's measured speed, else a prior for the device the settings ask for."""
+    meter = RUNTIME.meter(settings)
+    if meter.measured and meter.seconds_per_char is not None:
+        return meter.seconds_per_char, "measured"
+    prior = PRIOR_CPU_S_PER_CHAR if settings.device == "cpu" else PRIOR_GPU_S_PER_CHAR
+    return prior, "prior"
+
+
+def estimate(target: Any, batch: list[SpeechRequest], usd_per_second: float) -> CostEstimate:
+    rate, source = seconds_per_char(target.settings)
+    chars = sum(len(request.text) for request in batch)
+    seconds = chars * rate
+    basis = (
+        f"{chars} chars x {rate:.3g} s/char ({source}) at ${usd_per_second * 3600:.4g}/hour "
+        "of this machine"
+    )
+    return CostEstimate(target.name, seconds * usd_per_second, seconds, basis)
+
+
+def weights_status(model: str) -> tuple[bool, str]:
+    """Are the weights on this machine? Health never downloads gigabytes to find out."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if (path / "config.json").is_file():
+            return True, f"weights in {path}"
+        return False, f"{path} has no config.json: not a saved CSM model directory"
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model, "config.json")
+    if isinstance(cached, str):
+        return True, f"{model} is in the Hugging Face cache"
+    return False, (
+        f"{model} is not downloaded: accept its licence on huggingface.co, set HF_TOKEN, and run "
+        f"`hf download {model}` (or set model to a local directory)"
+    )
+
+
+def device_status(requested: str) -> tuple[bool, str]:
+    from .engine import ModelLoadError, pick_device
+
+    try:
+        return True, f"device {pick_device(requested)}"
+    except ModelLoadError as exc:
+        return False, str(exc)
+
+
+def _check_health(settings: LocalCsmSettings) -> tuple[bool, str]:
+    missing = [
+        name
+        for name in ("torch", "torchaudio", "transformers")
+        if not importlib.util.find_spec(name)
+    ]
+    if missing:
+        return False, f"{', '.join(missing)} not installed: pip install csm-offload-local-csm"
+    key = _engine_key(settings)
+    weights_ok, weights = (
+        (True, "engine loaded") if key in RUNTIME.engines else weights_status(settings.model)
+    )
+    device_ok, device = device_status(settings.device)
+    rate, source = seconds_per_char(settings)
+    detail = f"{weights}; {device}; {rate:.3g} s/char ({source})"
+    return weights_ok and device_ok, detail
+
+
+async def health(settings: LocalCsmSettings) -> Health:
+    # Importing torch takes seconds: do it on a thread, not on the event loop.
+    ok, detail = await asyncio.to_thread(_check_health, settings)
+    queued = sum(1 for job in RUNTIME.jobs.values() if not job.future.done())
+    return Health(ok=ok, detail=detail, queue_depth=queued, workers=1)
