@@ -43,6 +43,7 @@ from csm_offload import (
 from csm_offload.config import load_config_text
 from csm_offload.plugins import load_plugins
 from csm_offload.targets import check_targets
+from csm_offload.testing import ProviderConformance
 
 SENTENCE = "The quick brown fox jumps over the lazy dog, and then it rests in the sun."
 RMS_FLOOR = 0.03
@@ -459,3 +460,11 @@ def test_settings_from_the_config() -> None:
     assert check.usable, check.reason
     assert check.target is not None
     assert check.target.settings == EspeakSettings(voice="en-gb", rate=200, variants=("m1", "f3"))
+
+
+# --- conformance --------------------------------------------------------------------------
+
+
+def test_the_conformance_kit_passes() -> None:
+    # No HTTP surface: eSpeak runs in this process and never touches the shared client.
+    ProviderConformance(espeak, target(), live=True, http_surface=False).assert_ok()
