@@ -11,10 +11,10 @@ import httpx
 from csm_offload import JobLost, JobState, JobStatus, Rejected, TransientError, Unavailable
 from csm_offload.backoff import RetryPolicy
 from csm_offload.journal import Journal
+from csm_offload.model import SpeechRequest
 from csm_offload.plugins import Plugins
 from csm_offload.router import RouteOptions, Router
 from csm_offload.runner import Progress, Runner, RunnerSettings, RunResult
-from csm_offload.model import SpeechRequest
 from tests.scripted_provider import (
     ScriptedProvider,
     completed,

@@ -399,10 +399,14 @@ class Runner:
             except (JobLost, Rejected) as exc:
                 self.journal.job_finished(key, jr.FAILED, error=_describe(exc))
                 raise _Attempt(_describe(exc)) from None
+            except Unavailable as exc:
+                # E.g. queued for minutes behind crash-looping workers: stop waiting, cancel
+                # (a queued job costs nothing) and let the batch fail over.
+                self.breakers.of(target.name).trip(str(exc))
+                await self._cancel(choice, handle, key, str(exc))
+                raise _Attempt(f"unavailable: {exc}") from None
             except (ProviderError, WireError, httpx.HTTPError, TimeoutError) as exc:
                 errors += 1
-                if isinstance(exc, Unavailable):
-                    self.breakers.of(target.name).trip(str(exc))
                 if errors > self.settings.max_poll_errors:
                     await self._cancel(choice, handle, key, f"polling kept failing: {exc}")
                     raise _Attempt(f"polling kept failing: {_describe(exc)}") from None
