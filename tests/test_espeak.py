@@ -468,3 +468,45 @@ def test_settings_from_the_config() -> None:
 def test_the_conformance_kit_passes() -> None:
     # No HTTP surface: eSpeak runs in this process and never touches the shared client.
     ProviderConformance(espeak, target(), live=True, http_surface=False).assert_ok()
+
+
+async def test_a_batch_over_the_limit_is_rejected() -> None:
+    batch = [SpeechRequest(text=f"Line {i}.") for i in range(espeak.MAX_BATCH + 1)]
+    with pytest.raises(Rejected, match="split the batch"):
+        await espeak.submit(target(), batch, None)
+
+
+# --- examples -----------------------------------------------------------------------------
+
+
+def test_the_dialogue_example_writes_two_voices(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "dialogue.wav"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(root / "examples" / "dialogue.py"),
+            str(root / "examples" / "dialogue.txt"),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "target espeak (draft quality)" in done.stdout
+    audio = Audio.decode(out.read_bytes())
+    assert audio.sample_rate == CSM_SAMPLE_RATE
+    assert audio.duration > 10
+    assert audio.rms() > RMS_FLOOR
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_the_welcome_text_is_short_and_speaks() -> None:
+    text = (Path(__file__).resolve().parents[1] / "examples" / "welcome.txt").read_text("utf-8")
+    assert 200 < len(text) < espeak.MAX_TEXT_CHARS
+    request = SpeechRequest(text=text, max_audio_length_ms=120_000)
+    audio = engine_module.shared_engine().speak(request, EspeakSettings())
+    assert 20 < audio.duration < 60
+    assert audio.rms() > RMS_FLOOR

@@ -100,8 +100,11 @@ def _check_request(request: SpeechRequest) -> None:
 async def submit(target: Target, batch: list[SpeechRequest], http: Any) -> JobHandle:
     """Queue the batch on the engine thread; returns at once."""
     requests = tuple(batch)
-    if not requests:
-        raise Rejected("an eSpeak job needs at least one request")
+    if not 1 <= len(requests) <= MAX_BATCH:
+        raise Rejected(
+            f"an eSpeak job takes 1 to {MAX_BATCH} requests, got {len(requests)}: "
+            "split the batch (a target's max_batch bounds it)"
+        )
     for request in requests:
         _check_request(request)
     job_id = _jobs.submit(shared_engine(), requests, _settings(target))
