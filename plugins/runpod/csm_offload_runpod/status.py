@@ -81,7 +81,7 @@ def parse_status(
         found = data.get("error")
         if found is None and isinstance(data.get("output"), dict):
             found = data["output"].get("error")
-        error = _error_text(found) if found is not None else f"job {raw_state.lower()}"
+        error = (_error_text(found) if found is not None else "") or f"job {raw_state.lower()}"
     return JobStatus(state, error=error, queue_ms=queue_ms, exec_ms=exec_ms)
 
 
