@@ -186,9 +186,14 @@ def weights_status(model: str) -> tuple[bool, str]:
         if (path / "config.json").is_file():
             return True, f"weights in {path}"
         return False, f"{path} has no config.json: not a saved CSM model directory"
+    if model.startswith(("/", ".", "~")) or model.count("/") > 1:
+        return False, f"model directory {model} does not exist"
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(model, "config.json")
+    try:
+        cached = try_to_load_from_cache(model, "config.json")
+    except ValueError:  # not a valid Hugging Face id either
+        return False, f"model {model!r} is neither a directory nor a Hugging Face id"
     if isinstance(cached, str):
         return True, f"{model} is in the Hugging Face cache"
     return False, (
