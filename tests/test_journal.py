@@ -1,0 +1,165 @@
+"""Journal: write before acting, content-addressed results, no work twice, re-attach, costs."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import httpx
+import pytest
+
+from csm_offload import UserError
+from csm_offload.journal import ABANDONED, COMPLETED, SUBMITTED, SUBMITTING, Journal
+from csm_offload.model import SpeechRequest
+from csm_offload.plugins import Plugins
+from csm_offload.router import RouteOptions, Router
+from csm_offload.runner import Runner, RunResult
+from tests.scripted_provider import (
+    ScriptedProvider,
+    make_router,
+    registered_all,
+    requests_for,
+    tone_for,
+)
+from tests.test_runner import FAST
+
+CONFIG = """
+providers:
+  a:
+    kind: cloud_a
+    max_batch: 2
+    usd_per_second: 0.5
+"""
+
+
+def run(router: Router, requests: list[SpeechRequest], path: Path) -> RunResult:
+    async def go() -> RunResult:
+        with Journal(path) as journal:
+            async with httpx.AsyncClient() as http:
+                return await Runner(router, journal, http, FAST, RouteOptions()).run(requests)
+
+    return asyncio.run(go())
+
+
+def test_identical_work_is_never_generated_twice(plugins: Plugins, tmp_path: Path) -> None:
+    a = ScriptedProvider("cloud_a", seconds_per_char=0.001)
+    requests = requests_for(5)
+    path = tmp_path / "journal.sqlite3"
+    with registered_all(plugins, a=a):
+        first = run(make_router(plugins, CONFIG), requests, path)
+        # A second "book" shares two sentences with the first, plus one new one.
+        second_requests = [*requests[:2], SpeechRequest("a new sentence.")]
+        second = run(make_router(plugins, CONFIG), second_requests, path)
+    assert first.ok and second.ok
+    assert sum(a.submitted.values()) == 6
+    assert [second.outcomes[r.id].cached for r in second_requests] == [True, True, False]
+    for request in requests[:2]:
+        assert second.outcomes[request.id].audio == first.outcomes[request.id].audio
+    assert second.cost_usd < first.cost_usd
+
+
+def test_audio_is_stored_once_by_content(tmp_path: Path) -> None:
+    audio = tone_for(SpeechRequest("same"))
+    with Journal(tmp_path / "j.sqlite3") as journal:
+        one = journal.store_result("id-1", "csm", "a", None, audio)
+        two = journal.store_result("id-2", "csm", "a", None, audio)
+        assert one.audio_sha256 == two.audio_sha256
+        files = list((tmp_path / "audio").rglob("*.flac"))
+        assert len(files) == 1 and files[0].name == f"{one.audio_sha256}.flac"
+        assert journal.load_audio(one) == audio.quantized()
+        assert not list((tmp_path / "audio").rglob("*.tmp"))
+
+
+def test_quality_tiers_are_kept_apart(tmp_path: Path) -> None:
+    audio = tone_for(SpeechRequest("x"))
+    with Journal(tmp_path / "j.sqlite3") as journal:
+        journal.store_result("rid", "draft", "espeak", None, audio)
+        assert journal.cached(["rid"], "csm") == {}
+        assert set(journal.cached(["rid"], "draft")) == {"rid"}
+
+
+def test_each_step_is_journaled_before_it_is_acted_on(plugins: Plugins, tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    seen: list[str] = []
+    a = ScriptedProvider("cloud_a")
+    submit, poll = a.submit, a.poll
+
+    def states(ids: tuple[str, ...]) -> list[str]:
+        with sqlite3.connect(path) as db:
+            rows = db.execute("SELECT state, request_ids FROM jobs").fetchall()
+        return [state for state, rids in rows if all(i in rids for i in ids)]
+
+    async def watching_submit(target, batch, http):  # type: ignore[no-untyped-def]
+        seen.append("submit:" + ",".join(states(tuple(r.id for r in batch))))
+        return await submit(target, batch, http)
+
+    async def watching_poll(target, handle, http):  # type: ignore[no-untyped-def]
+        seen.append("poll:" + ",".join(states(handle.request_ids)))
+        return await poll(target, handle, http)
+
+    requests = requests_for(1)
+    with registered_all(plugins, a=a):
+        router = make_router(plugins, CONFIG)
+        provider = router.checks[0].provider
+        provider.callers["submit"] = lambda **kw: watching_submit(**kw)  # type: ignore[union-attr]
+        provider.callers["poll"] = lambda **kw: watching_poll(**kw)  # type: ignore[union-attr]
+        result = run(router, requests, path)
+    assert result.ok
+    assert seen[0] == f"submit:{SUBMITTING}"
+    assert seen[1] == f"poll:{SUBMITTED}"
+    with Journal(path) as journal:
+        (job,) = journal.jobs()
+        assert job.state == COMPLETED
+        assert set(journal.cached([requests[0].id], "csm")) == {requests[0].id}
+
+
+def test_in_flight_job_of_a_dead_run_is_reattached(plugins: Plugins, tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    a = ScriptedProvider("cloud_a", seconds_per_char=0.001)
+    requests = requests_for(3)
+    with registered_all(plugins, a=a):
+        router = make_router(plugins, CONFIG)
+        target = router.checks[0].target
+        # A run that submitted one job and died before polling it.
+        handle = asyncio.run(a.submit(target, requests[:2], None))
+        with Journal(path) as dead:
+            key = dead.begin_job("a", "csm", [r.id for r in requests[:2]], 0.01)
+            dead.job_submitted(key, handle)
+            dead.begin_job("a", "csm", [requests[2].id], 0.01)  # died inside submit
+        result = run(make_router(plugins, CONFIG), requests, path)
+    assert result.ok
+    # The job with a handle was polled, not resubmitted; the unsent one was sent again.
+    assert a.submitted[requests[0].id] == 1 and a.submitted[requests[1].id] == 1
+    assert a.submitted[requests[2].id] == 1
+    assert a.calls["submit"] == 2
+    with Journal(path) as journal:
+        states = {job.key: job.state for job in journal.jobs()}
+    assert states[key] == COMPLETED
+    assert ABANDONED in states.values()
+
+
+def test_actual_cost_is_exec_time_times_price(plugins: Plugins, tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    a = ScriptedProvider("cloud_a", seconds_per_char=0.001)
+    requests = requests_for(4)
+    with registered_all(plugins, a=a):
+        result = run(make_router(plugins, CONFIG), requests, path)
+    with Journal(path) as journal:
+        jobs = journal.jobs()
+        assert len(jobs) == 2
+        for job in jobs:
+            chars = sum(len(r.text) for r in requests if r.id in job.request_ids)
+            assert job.actual_usd == pytest.approx(chars * 0.001 * 0.5, abs=1e-3)
+            assert job.estimated_usd == pytest.approx(chars * 0.001 * 0.5)
+        (row,) = journal.spend_by_target_day()
+        assert row["target"] == "a" and row["jobs"] == 2
+        assert row["actual_usd"] == pytest.approx(sum(j.actual_usd or 0 for j in jobs))
+        assert result.cost_usd == pytest.approx(row["actual_usd"])
+
+
+def test_unwritable_journal_is_a_user_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(UserError, match=r"run\.journal"):
+        Journal(blocker / "journal.sqlite3")
