@@ -138,6 +138,7 @@ class SimCloud:
         self.queue: asyncio.Queue[SimJob] | None = None
         self.healthy: asyncio.Event | None = None
         self.busy = 0
+        self.peak_busy = 0
         self.stuck = False
         self.requests: collections.Counter[str] = collections.Counter()
         self.statuses: collections.Counter[str] = collections.Counter()
@@ -202,6 +203,7 @@ class SimCloud:
                 "billed_ms": self.billed_ms,
                 "in_queue": sum(1 for j in self.jobs.values() if j.state == "IN_QUEUE"),
                 "in_progress": self.busy,
+                "peak_in_progress": self.peak_busy,
             }
 
     # --- HTTP -------------------------------------------------------------------------------
@@ -417,6 +419,7 @@ class SimCloud:
 
     async def _run(self, job: SimJob, worker: str) -> None:
         self.busy += 1
+        self.peak_busy = max(self.peak_busy, self.busy)
         job.state, job.started, job.worker = "IN_PROGRESS", time.monotonic(), worker
         try:
             with contextlib.suppress(asyncio.TimeoutError):
