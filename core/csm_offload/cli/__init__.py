@@ -13,7 +13,10 @@ import click
 
 from ..errors import CsmOffloadError
 from .app import App, pass_app
+from .costs import costs_command
+from .estimate import estimate_command
 from .info import config_group, plugins_command, providers_command
+from .synth import synth_command
 
 __all__ = ["App", "cli", "main", "pass_app"]
 
@@ -39,6 +42,9 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
 cli.add_command(plugins_command)
 cli.add_command(providers_command)
 cli.add_command(config_group)
+cli.add_command(synth_command)
+cli.add_command(estimate_command)
+cli.add_command(costs_command)
 
 
 def _register_plugin_commands(app: App) -> None:

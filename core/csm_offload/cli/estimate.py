@@ -1,0 +1,95 @@
+"""`csm-offload estimate FILE`: what the text would cost on every usable target, before paying."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..journal import Journal
+from ..manager import CloudGPUManager
+from ..model import SpeechRequest
+from .app import App, pass_app
+from .synth import make_requests, read_text
+
+
+def _batches(requests: list[SpeechRequest], size: int) -> list[list[SpeechRequest]]:
+    return [requests[i : i + size] for i in range(0, len(requests), size)]
+
+
+def _already_done(path: Path, requests: list[SpeechRequest], quality: str) -> set[str]:
+    """Segments the journal already holds (free on a rerun); never creates a journal."""
+    if not path.is_file():
+        return set()
+    with Journal(path) as journal:
+        return set(journal.cached([r.id for r in requests], quality))
+
+
+@click.command(name="estimate")
+@click.argument("source")
+@click.option("--speaker", type=click.IntRange(0, 1_000), default=0)
+@click.option("--max-chars", type=click.IntRange(20, 100_000), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def estimate_command(
+    app: App, source: str, speaker: int, max_chars: int | None, as_json: bool
+) -> None:
+    """Cost of speaking SOURCE (text or a file) on every usable target; nothing is sent."""
+    manager = CloudGPUManager(config=app.config, plugins=app.plugins)
+    requests = make_requests(manager, read_text(source), speaker, max_chars)
+    unique = list({r.id: r for r in requests}.values())
+    rows = []
+    for check in manager.checks:
+        if check.target is None or check.provider is None:
+            rows.append(
+                {"target": check.name, "kind": check.kind, "usable": False, "reason": check.reason}
+            )
+            continue
+        info = check.provider.info
+        done = _already_done(manager.journal_path, unique, info.quality)
+        todo = [r for r in unique if r.id not in done]
+        usd = seconds = 0.0
+        basis = ""
+        for batch in _batches(todo, check.target.max_batch):
+            cost = check.provider.estimate_cost(check.target, batch)
+            usd, seconds, basis = usd + cost.usd, seconds + cost.gpu_seconds, cost.basis
+        rows.append(
+            {
+                "target": check.name,
+                "kind": check.kind,
+                "usable": True,
+                "where": "remote" if info.remote else "local",
+                "quality": info.quality,
+                "segments": len(unique),
+                "from_journal": len(done),
+                "jobs": len(_batches(todo, check.target.max_batch)),
+                "gpu_seconds": round(seconds, 3),
+                "usd": round(usd, 6),
+                "basis": basis,
+                "prices_dated": info.prices.date,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"{len(unique)} segments, {sum(len(r.text) for r in unique)} characters")
+    for column in ("target", "where", "quality", "jobs", "from journal", "GPU s", "USD", "basis"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        if not row["usable"]:
+            table.add_row(str(row["target"]), "", "", "", "", "", "unusable", str(row["reason"]))
+            continue
+        table.add_row(
+            str(row["target"]),
+            str(row["where"]),
+            str(row["quality"]),
+            str(row["jobs"]),
+            str(row["from_journal"]),
+            f"{row['gpu_seconds']:.1f}",
+            f"${row['usd']:.4f}",
+            f"{row['basis']} (prices of {row['prices_dated']})",
+        )
+    Console(width=max(120, Console().width)).print(table)
