@@ -308,6 +308,7 @@ class ProviderConformance:
             max_examples=self.max_examples,
             deadline=None,
             database=None,
+            report_multiple_bugs=False,
             suppress_health_check=list(HealthCheck),
         )
         @given(texts, texts, st.lists(texts, min_size=0, max_size=3))
