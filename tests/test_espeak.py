@@ -23,6 +23,7 @@ import csm_offload_espeak as espeak
 import numpy as np
 import pytest
 from csm_offload_espeak import engine as engine_module
+from csm_offload_espeak import jobs as jobs_module
 from csm_offload_espeak.engine import Engine
 from csm_offload_espeak.library import EspeakLibrary, EspeakLoadError, clean_text, default_paths
 from csm_offload_espeak.settings import DEFAULT_VARIANTS, EspeakSettings, speaker_voice
@@ -510,3 +511,28 @@ def test_the_welcome_text_is_short_and_speaks() -> None:
     audio = engine_module.shared_engine().speak(request, EspeakSettings())
     assert 20 < audio.duration < 60
     assert audio.rms() > RMS_FLOOR
+
+
+async def test_health_reports_the_jobs_waiting() -> None:
+    tgt = target()
+    long_text = " ".join([SENTENCE] * 100)
+    handle = await espeak.submit(
+        tgt, [SpeechRequest(text=long_text, max_audio_length_ms=600_000)], None
+    )
+    health = await espeak.health(tgt, None)
+    assert health.ok
+    assert health.queue_depth is not None
+    assert health.queue_depth >= 1
+    assert health.workers == 1
+    await wait(tgt, handle)
+
+
+async def test_finished_jobs_are_forgotten_after_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    tgt = target()
+    old = await espeak.submit(tgt, [SpeechRequest(text=SENTENCE)], None)
+    await wait(tgt, old)
+    monkeypatch.setattr(jobs_module, "KEEP_FINISHED_S", 0.0)
+    await asyncio.sleep(0.01)
+    await wait(tgt, await espeak.submit(tgt, [SpeechRequest(text="Next.")], None))
+    with pytest.raises(JobLost):
+        await espeak.poll(tgt, old, None)

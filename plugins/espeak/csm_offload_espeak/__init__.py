@@ -72,13 +72,14 @@ def _settings(target: Target) -> EspeakSettings:
 @hookimpl
 async def health(target: Target, http: Any) -> Health:
     """Ok when the library and its data load and the voice with every variant speaks."""
+    depth = _jobs.unfinished()  # before waiting behind those jobs for the engine thread
     try:
         detail = await asyncio.wrap_future(
             shared_engine().run(shared_engine().check, _settings(target))
         )
     except (EspeakLoadError, ValueError, RuntimeError) as exc:
         return Health(ok=False, detail=str(exc))
-    return Health(ok=True, detail=detail, queue_depth=len(_jobs), workers=1)
+    return Health(ok=True, detail=detail, queue_depth=depth, workers=1)
 
 
 def _check_request(request: SpeechRequest) -> None:

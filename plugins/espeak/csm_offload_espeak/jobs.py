@@ -96,9 +96,10 @@ class JobTable:
         for job_id in old:
             del self._jobs[job_id]
 
-    def __len__(self) -> int:
+    def unfinished(self) -> int:
+        """Jobs queued or running now (the health check's queue depth)."""
         with self._lock:
-            return len(self._jobs)
+            return sum(1 for job in self._jobs.values() if job.finished is None)
 
 
 def status(job: Job) -> JobStatus:
