@@ -210,6 +210,13 @@ def test_completed_results_come_back_in_request_order(
         status.parse_status(data, [*ids, "missing"], "t")
 
 
+@given(st.sampled_from(["COMPLETED", "FAILED"]), st.text(min_size=1, max_size=30))
+def test_handler_error_output_is_a_failed_job(state: str, message: str) -> None:
+    data = {"id": "j", "status": state, "output": {"error": message}}
+    found = status.parse_status(data, ["r"], "t")
+    assert found.state is JobState.FAILED and found.error
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),

@@ -73,16 +73,27 @@ def parse_status(
         raise TransientError(message, target=target)
     queue_ms = _millis(data, "delayTime")
     exec_ms = _millis(data, "executionTime")
+    output = data.get("output")
+    if state is JobState.COMPLETED and _handler_error(output) is not None:
+        # A handler that returns {"error": ...} failed, whatever the job state says.
+        error = _error_text(_handler_error(output)) or "the handler returned an error"
+        return JobStatus(JobState.FAILED, error=error, queue_ms=queue_ms, exec_ms=exec_ms)
     if state is JobState.COMPLETED:
         results = _results(data, request_ids, target, limits)
         return JobStatus(state, results=results, queue_ms=queue_ms, exec_ms=exec_ms)
     error = None
     if state in (JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED):
         found = data.get("error")
-        if found is None and isinstance(data.get("output"), dict):
-            found = data["output"].get("error")
+        if found is None:
+            found = _handler_error(output)
         error = (_error_text(found) if found is not None else "") or f"job {raw_state.lower()}"
     return JobStatus(state, error=error, queue_ms=queue_ms, exec_ms=exec_ms)
+
+
+def _handler_error(output: Any) -> Any:
+    if isinstance(output, dict) and "results" not in output and output.get("error"):
+        return output["error"]
+    return None
 
 
 def _results(
