@@ -536,3 +536,12 @@ async def test_finished_jobs_are_forgotten_after_a_while(monkeypatch: pytest.Mon
     await wait(tgt, await espeak.submit(tgt, [SpeechRequest(text="Next.")], None))
     with pytest.raises(JobLost):
         await espeak.poll(tgt, old, None)
+
+
+def test_a_second_engine_shares_the_one_loaded_library() -> None:
+    shared = engine_module.shared_engine()
+    other = Engine()
+    first = shared.run(shared.library).result(timeout=30)
+    assert other.run(other.library).result(timeout=30) is first
+    audio = other.run(other.speak, SpeechRequest(text=SENTENCE), EspeakSettings()).result(30)
+    assert audio.rms() > RMS_FLOOR

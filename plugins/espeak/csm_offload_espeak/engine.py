@@ -24,6 +24,24 @@ from .settings import EspeakSettings, speaker_voice
 
 T = TypeVar("T")
 
+#: eSpeak's globals are per process, so every engine shares one lock and one loaded library.
+_LIBRARY_LOCK = threading.Lock()
+_libraries: dict[tuple[str, str], EspeakLibrary] = {}
+
+
+def _open(library_path: str, data_path: str) -> EspeakLibrary:
+    """The library loaded once per process; a second engine must not initialise it again (it
+    would take over the synthesis callback). Called with `_LIBRARY_LOCK` held."""
+    key = (library_path, data_path)
+    if key not in _libraries:
+        if _libraries and Path(library_path).is_file():
+            raise EspeakLoadError(
+                "eSpeak NG is already loaded from another path in this process; use one "
+                "espeakng-loader installation"
+            )
+        _libraries[key] = EspeakLibrary(library_path, data_path)
+    return _libraries[key]
+
 
 class TooLong(ValueError):
     """The speech would run past the request's `max_audio_length_ms`."""
@@ -34,7 +52,7 @@ class Engine:
 
     def __init__(self, paths: Callable[[], tuple[str, str]] = default_paths) -> None:
         self._paths = paths
-        self._lock = threading.Lock()
+        self._lock = _LIBRARY_LOCK
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espeak")
         self._library: EspeakLibrary | None = None
         self._load_error: EspeakLoadError | None = None
@@ -49,7 +67,7 @@ class Engine:
             raise self._load_error
         if self._library is None:
             try:
-                self._library = EspeakLibrary(*self._paths())
+                self._library = _open(*self._paths())
             except EspeakLoadError as exc:
                 self._load_error = exc
                 raise
