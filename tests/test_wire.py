@@ -19,6 +19,7 @@ from csm_offload import (
     JobHandle,
     Segment,
     SpeechRequest,
+    UserError,
     WireError,
     wire,
 )
@@ -207,3 +208,13 @@ def test_arbitrary_json_never_escapes_as_another_error(doc) -> None:
 def test_unencodable_values_are_refused_not_written() -> None:
     with pytest.raises(WireError, match="cannot encode"):
         wire.dumps(CostEstimate("runpod", float("nan"), 0.0, "nan is not JSON"))
+
+
+def test_lone_surrogates_are_refused_with_the_fix() -> None:
+    with pytest.raises(UserError, match="invalid Unicode at character 2"):
+        SpeechRequest("ab\ud800cd")
+    doc = _valid_request_json()
+    doc["requests"][0]["context"][0]["text"] = "x\ud800"
+    with pytest.raises(WireError, match="invalid Unicode") as caught:
+        wire.structure(doc, BatchRequest)
+    assert str(caught.value).startswith("requests[0].context[0]: text has invalid Unicode")

@@ -15,9 +15,22 @@ from collections.abc import Mapping
 import attrs
 
 from .audio import Audio, AudioFormat, quantize16
+from .errors import UserError
 
 #: Version of the request-hashing scheme; part of every id so a change never collides.
 _ID_SCHEME = "csm-req-1"
+
+
+def _unicode_text(_instance: object, attribute: attrs.Attribute, value: str) -> None:
+    """Refuse lone surrogates: they cannot be hashed, stored or sent as UTF-8."""
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise UserError(
+                f"{attribute.name} has invalid Unicode at character {exc.start} (a lone "
+                "surrogate); read the input as UTF-8 or clean it before synthesis"
+            ) from None
 
 
 @attrs.frozen
@@ -25,7 +38,7 @@ class Segment:
     """One turn of conversation context: who spoke, what they said, and (optionally) how."""
 
     speaker: int
-    text: str
+    text: str = attrs.field(validator=_unicode_text)
     audio: Audio | None = None
 
 
@@ -68,7 +81,7 @@ def request_id(
 class SpeechRequest:
     """One utterance to generate. `id` defaults to the content hash of the other fields."""
 
-    text: str
+    text: str = attrs.field(validator=_unicode_text)
     speaker: int = 0
     context: tuple[Segment, ...] = attrs.field(default=(), converter=tuple)
     max_audio_length_ms: int = 30_000
