@@ -22,9 +22,10 @@ install-all: $(BIN)/python
 	$(PIP) install --quiet $(TORCH)
 	$(PIP) install --quiet -e '.[test]' $(LIGHT_PLUGINS) -e plugins/local_csm -r tests/requirements.txt
 
+# README command one: speak the example text with whatever target is usable (on a fresh machine
+# with no keys and no GPU that is the free eSpeak draft voice) and say which target made it, why.
 demo: install-light
-	$(BIN)/csm-offload plugins
-	$(BIN)/csm-offload providers
+	$(BIN)/csm-offload synth examples/welcome.txt -o welcome.wav
 
 test: install-all
 	$(BIN)/python -m pytest -q
