@@ -26,6 +26,8 @@ from transformers.utils import logging as hf_logging
 from csm_offload import Audio, SpeechRequest, UserError, WorkerInfo
 from csm_offload.audio import CSM_SAMPLE_RATE
 
+from .weights import cached, looks_like_path
+
 DEFAULT_MODEL = "sesame/csm-1b"
 #: One codec frame is 80 ms of audio (Mimi runs at 12.5 frames per second).
 FRAME_MS = 80
@@ -97,7 +99,9 @@ def pick_dtype(requested: str, device: str) -> torch.dtype:
 
 def load_error_message(model: str, exc: BaseException) -> str:
     """One sentence that names the fix for the usual reasons a model does not load."""
-    if Path(model).expanduser().exists():
+    if looks_like_path(model):
+        if not Path(model).expanduser().is_dir():
+            return f"model directory {model} does not exist"
         return f"cannot load CSM from the directory {model}: {type(exc).__name__}: {exc}"
     return (
         f"cannot load {model!r} from Hugging Face ({type(exc).__name__}). sesame/csm-1b is gated: "
@@ -143,12 +147,13 @@ class CsmEngine:
         device = pick_device(options.device)
         dtype = pick_dtype(options.dtype, device)
         hf_logging.disable_progress_bar()
-        token = os.environ.get("HF_TOKEN") or None
+        # Cached weights load without asking the Hub (fast, and works offline).
+        hub = {"token": os.environ.get("HF_TOKEN") or None}
+        if not looks_like_path(options.model) and cached(options.model):
+            hub["local_files_only"] = True
         try:
-            processor = CsmProcessor.from_pretrained(options.model, token=token)
-            model = CsmForConditionalGeneration.from_pretrained(
-                options.model, dtype=dtype, token=token
-            )
+            processor = CsmProcessor.from_pretrained(options.model, **hub)
+            model = CsmForConditionalGeneration.from_pretrained(options.model, dtype=dtype, **hub)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(load_error_message(options.model, exc)) from None
         # `.to()` rather than `device_map=`: the latter needs accelerate, which we do not ship.

@@ -12,7 +12,6 @@ import importlib.util
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -28,6 +27,7 @@ from csm_offload import (
 from csm_offload.errors import JobLost, Unavailable
 
 from .speed import SpeedMeter
+from .weights import weights_status
 from .worker import ParsedBatch, run_batch
 
 #: Priors before anything is measured, from CSM-1B's speed: about real time on a datacentre GPU
@@ -177,29 +177,6 @@ def estimate(target: Any, batch: list[SpeechRequest], usd_per_second: float) -> 
         "of this machine"
     )
     return CostEstimate(target.name, seconds * usd_per_second, seconds, basis)
-
-
-def weights_status(model: str) -> tuple[bool, str]:
-    """Are the weights on this machine? Health never downloads gigabytes to find out."""
-    path = Path(model).expanduser()
-    if path.exists():
-        if (path / "config.json").is_file():
-            return True, f"weights in {path}"
-        return False, f"{path} has no config.json: not a saved CSM model directory"
-    if model.startswith(("/", ".", "~")) or model.count("/") > 1:
-        return False, f"model directory {model} does not exist"
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        cached = try_to_load_from_cache(model, "config.json")
-    except ValueError:  # not a valid Hugging Face id either
-        return False, f"model {model!r} is neither a directory nor a Hugging Face id"
-    if isinstance(cached, str):
-        return True, f"{model} is in the Hugging Face cache"
-    return False, (
-        f"{model} is not downloaded: accept its licence on huggingface.co, set HF_TOKEN, and run "
-        f"`hf download {model}` (or set model to a local directory)"
-    )
 
 
 def device_status(requested: str) -> tuple[bool, str]:
