@@ -18,6 +18,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import attrs
 import httpx
@@ -83,10 +84,11 @@ class Progress:
 
 @attrs.define
 class Outcome:
-    """What became of one request."""
+    """What became of one request. The audio stays in the journal's store until asked for,
+    so a run of thousands of segments does not hold them all in memory."""
 
     request_id: str
-    audio: Audio | None = None
+    path: Path | None = None
     target: str | None = None
     quality: str | None = None
     cached: bool = False
@@ -94,7 +96,12 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.audio is not None
+        return self.path is not None
+
+    @property
+    def audio(self) -> Audio | None:
+        """The audio, read from the journal's content-addressed store."""
+        return None if self.path is None else Audio.decode(self.path.read_bytes())
 
 
 @attrs.define
@@ -221,8 +228,8 @@ class Runner:
             if stored is None:
                 pending.append(request)
                 continue
-            audio = self.journal.load_audio(stored)
-            self._succeed(Outcome(request.id, audio, stored.target, stored.quality, cached=True))
+            path = self.journal.audio_path(stored.audio_sha256)
+            self._succeed(Outcome(request.id, path, stored.target, stored.quality, cached=True))
             self._emit("cached", request.id, stored.target)
         return pending
 
@@ -313,12 +320,17 @@ class Runner:
                 if not breaker.acquire():
                     raise _Attempt("circuit opened while waiting", blame=False)
                 key, handle, reserved = await self._submit(choice, part, batch)
+                # The job exists by the time submit returned: predictions count from here, so
+                # a slow submission does not make the first poll early.
+                returned = time.monotonic()
                 self._in_flight += 1
                 try:
-                    status = await self._follow(choice, handle, key, part)
+                    status = await self._follow(choice, handle, key, part, returned)
                 finally:
                     self._in_flight -= 1
-                await self._finish(choice, key, handle, status, part, batch, reserved)
+            # The provider's work is over: the slot goes to the next batch while this one
+            # decodes and journals its audio.
+            await self._finish(choice, key, handle, status, part, batch, reserved)
         except _Attempt as exc:
             if exc.blame:
                 self._record_failure(target.name, str(exc))
@@ -381,19 +393,32 @@ class Runner:
     # --- following a job ------------------------------------------------------------------
 
     async def _follow(
-        self, choice: Choice, handle: JobHandle, key: int, part: Sequence[SpeechRequest]
+        self,
+        choice: Choice,
+        handle: JobHandle,
+        key: int,
+        part: Sequence[SpeechRequest],
+        started: float | None = None,
     ) -> JobStatus:
         """Poll until the job finishes. The first poll goes near the predicted finish."""
         target, provider = choice.target, choice.provider
         chars = sum(len(r.text) for r in part)
-        started = time.monotonic() - max(0.0, time.time() - handle.submitted_at)
+        if started is None:  # a re-attached job: it was submitted at `submitted_at`
+            started = time.monotonic() - max(0.0, time.time() - handle.submitted_at)
         polls = errors = 0
         next_at = started + self._first_poll(target.name, chars)
         while True:
             if next_at >= self._deadline:
                 await self._cancel(choice, handle, key, "the run's deadline passed")
                 raise _GiveUp(f"the run's deadline ({self.settings.deadline_s:g} s) passed")
-            await self._sleep(next_at - time.monotonic())
+            await self._wait_for_poll(target.name, next_at)
+            if self.speeds.of(target.name).predict(chars) is not None and polls == 0:
+                # A measurement arrived while this job waited blind: poll at its prediction.
+                planned = started + self._first_poll(target.name, chars)
+                if planned > time.monotonic() + 0.001:
+                    next_at = planned
+                    polls = -1
+                    continue
             try:
                 status = await self._call(provider.poll(target, handle, self.http))
             except (JobLost, Rejected) as exc:
@@ -421,8 +446,20 @@ class Runner:
                 self._observe(target.name, chars, started, status)
                 return status
             errors = 0
-            polls += 1
+            polls = max(polls, 0) + 1
             next_at = self._next_poll(target.name, chars, started, polls)
+
+    async def _wait_for_poll(self, target: str, when: float) -> None:
+        """Sleep until `when`; before the target's first measurement, wake early when it comes."""
+        speed = self.speeds.of(target)
+        delay = when - time.monotonic()
+        if delay <= 0:
+            return
+        if speed.measured.is_set():
+            await self._sleep(delay)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(speed.measured.wait(), delay)
 
     def _first_poll(self, target: str, chars: int) -> float:
         predicted = self.speeds.of(target).predict(chars)
@@ -436,8 +473,15 @@ class Runner:
         predicted = self.speeds.of(target).predict(chars)
         if predicted is not None and started + predicted + self.settings.poll_margin_s > now:
             return started + predicted + self.settings.poll_margin_s
-        scale = predicted if predicted is not None else self.settings.first_poll_s
-        gap = max(self.settings.poll_min_s, 0.1 * scale) * (1.5 ** min(polls - 1, 20))
+        if predicted is None:
+            # Blind: back off from the first guess, jittered so that many jobs' polls spread
+            # out and the earliest finish is seen soon (it then re-plans everyone's polls).
+            base = max(self.settings.poll_min_s, 0.1 * self.settings.first_poll_s)
+            gap = base * (1.5 ** min(polls - 1, 20)) * self.rng.uniform(0.5, 1.5)
+        else:
+            # Late against the prediction: come back soon, then less and less often.
+            base = max(self.settings.poll_min_s, 0.025 * predicted)
+            gap = base * (1.5 ** min(polls - 1, 20))
         return now + min(self.settings.poll_max_s, gap)
 
     def _observe(self, target: str, chars: int, started: float, status: JobStatus) -> None:
@@ -530,8 +574,11 @@ class Runner:
             return set(), failed
         done = set()
         for result, audio in zip(good, audios, strict=True):
-            self.journal.store_result(result.id, choice.quality, choice.target.name, key, audio)
-            self._succeed(Outcome(result.id, audio, choice.target.name, choice.quality))
+            stored = self.journal.store_result(
+                result.id, choice.quality, choice.target.name, key, audio
+            )
+            path = self.journal.audio_path(stored.audio_sha256)
+            self._succeed(Outcome(result.id, path, choice.target.name, choice.quality))
             done.add(result.id)
             self._emit("completed", result.id, choice.target.name)
         return done, failed
@@ -558,7 +605,7 @@ class Runner:
                     status = await self._follow(choice, row.handle, row.key, part)
                 finally:
                     self._in_flight -= 1
-                await self._finish(choice, row.key, row.handle, status, part, batch, 0.0)
+            await self._finish(choice, row.key, row.handle, status, part, batch, 0.0)
         except _Attempt as exc:
             self._record_failure(choice.target.name, str(exc))
             batch.failures[choice.target.name] += 1
