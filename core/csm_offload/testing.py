@@ -32,7 +32,9 @@ from typing import Any
 
 import attrs
 import httpx
+import numpy as np
 
+from . import hookspecs
 from .audio import Audio
 from .errors import JobLost, ProviderError, Rejected, TransientError, Unavailable
 from .model import CostEstimate, Health, JobHandle, JobState, JobStatus, SpeechRequest
@@ -230,7 +232,7 @@ class ProviderConformance:
             function = getattr(self.plugin, hook, None)
             if function is None:
                 continue
-            wants_async = hook != "estimate_cost"
+            wants_async = inspect.iscoroutinefunction(getattr(hookspecs, hook))
             if inspect.iscoroutinefunction(function) != wants_async:
                 kind = "async def" if wants_async else "a plain def"
                 failures.append(Failure("hooks", f"{hook} must be {kind}"))
@@ -488,14 +490,12 @@ class ProviderConformance:
             longest = request.max_audio_length_ms / 1000 + 0.5
             if not 0 < audio.duration <= longest:
                 found.append(Failure("round trip", f"implausible duration {audio.duration:.3f} s"))
-            if audio.frames and not bool(_finite(audio)):
+            if audio.frames and not _finite(audio):
                 found.append(Failure("round trip", "audio has NaN or infinite samples"))
         return found
 
 
 def _finite(audio: Audio) -> bool:
-    import numpy as np
-
     return bool(np.isfinite(audio.samples).all())
 
 
