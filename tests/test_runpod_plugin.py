@@ -452,6 +452,24 @@ def test_stuck_queue_with_unhealthy_workers_is_unavailable(sim: SimulatedRunPod)
         run(go)
 
 
+def test_a_failed_health_call_is_no_evidence_of_a_stuck_queue(sim: SimulatedRunPod) -> None:
+    sim.set_stuck(True)
+    t = target(sim, use_runsync=False, stuck_after_s=0.0)
+    base = endpoint.parse_endpoint_url(sim.url).url
+    rp._recent_health.pop(base, None)  # nothing judged recently: the poll must ask
+
+    async def go(http: httpx.AsyncClient) -> JobStatus:
+        handle = await rp.submit(target=t, batch=batch(), http=http)
+        sim.inject("health", "http", status=503)
+        try:
+            return await rp.poll(target=t, handle=handle, http=http)
+        finally:
+            await rp.cancel(target=t, handle=handle, http=http)
+
+    assert run(go).state is JobState.QUEUED
+    assert sim.stats()["faults_fired"].get("http", 0) >= 1
+
+
 def test_queued_job_is_not_stuck_before_its_time(sim: SimulatedRunPod) -> None:
     sim.set_stuck(True)
     t = target(sim, use_runsync=False)

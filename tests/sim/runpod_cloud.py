@@ -592,10 +592,15 @@ class SimulatedRunPod:
         self.cloud.inject_job(kind, count)
 
     def set_stuck(self, stuck: bool = True) -> None:
+        """Takes effect before this returns (the change is made inside the server's loop)."""
         if self._loop is None:
             self.cloud.set_stuck(stuck)
-        else:
-            self._loop.call_soon_threadsafe(self.cloud.set_stuck, stuck)
+            return
+
+        async def change() -> None:
+            self.cloud.set_stuck(stuck)
+
+        asyncio.run_coroutine_threadsafe(change(), self._loop).result(10)
 
     def clear_faults(self) -> None:
         self.cloud.clear_faults()

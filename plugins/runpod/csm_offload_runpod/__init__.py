@@ -152,39 +152,42 @@ def actual_cost(target: Target, status: JobStatus) -> float | None:
 
 #: Last queue depth seen per endpoint, to notice a queue that only grows.
 _last_queue: dict[str, int] = {}
-#: Recent health per endpoint, so polls of many stuck jobs ask /health once, not once each.
+#: Recent judged health per endpoint, so polls of many stuck jobs ask /health once, not once
+#: each. Only answers that were fetched and judged are kept: a failed health call is no
+#: evidence about the workers.
 _recent_health: dict[str, Health] = {}
 _HEALTH_REUSE_S = 5.0
+
+
+async def _judged_health(
+    target: Target, http: httpx.AsyncClient, settings: RunPodSettings
+) -> Health:
+    """GET /health and judge it; raises the typed error when the call itself fails."""
+    endpoint = settings.endpoint()
+    data, _raw = await api.call(
+        http, "GET", endpoint.route("health"), "health", settings.api_key.reveal(), target.name
+    )
+    counts = parse_health_counts(data, target.name)
+    found = judge_health(counts, _last_queue.get(endpoint.url), time.time())
+    _last_queue[endpoint.url] = counts.in_queue
+    _recent_health[endpoint.url] = found
+    return found
 
 
 @hookimpl
 async def health(target: Target, http: httpx.AsyncClient) -> Health:
     settings = _settings(target)
-    endpoint = settings.endpoint()
     try:
-        data, _raw = await api.call(
-            http,
-            "GET",
-            endpoint.route("health"),
-            "health",
-            settings.api_key.reveal(),
-            target.name,
-        )
-        counts = parse_health_counts(data, target.name)
+        return await _judged_health(target, http, settings)
     except ProviderError as exc:
-        found = Health(ok=False, detail=str(exc))
-    else:
-        found = judge_health(counts, _last_queue.get(endpoint.url), time.time())
-        _last_queue[endpoint.url] = counts.in_queue
-    _recent_health[endpoint.url] = found
-    return found
+        return Health(ok=False, detail=str(exc))
 
 
-async def _recent(target: Target, http: httpx.AsyncClient, endpoint: Endpoint) -> Health:
-    known = _recent_health.get(endpoint.url)
+async def _recent(target: Target, http: httpx.AsyncClient, settings: RunPodSettings) -> Health:
+    known = _recent_health.get(settings.endpoint().url)
     if known is not None and time.time() - known.checked_at < _HEALTH_REUSE_S:
         return known
-    return await health(target=target, http=http)
+    return await _judged_health(target, http, settings)
 
 
 # --- submit / poll / decode / cancel --------------------------------------------------------
@@ -273,7 +276,7 @@ async def poll(target: Target, handle: JobHandle, http: httpx.AsyncClient) -> Jo
     )
     status = parse_status(data, handle.request_ids, target.name)
     if status.state is JobState.QUEUED:
-        await _check_stuck(target, handle, http, endpoint, settings)
+        await _check_stuck(target, handle, http, settings)
     return status
 
 
@@ -281,13 +284,15 @@ async def _check_stuck(
     target: Target,
     handle: JobHandle,
     http: httpx.AsyncClient,
-    endpoint: Endpoint,
     settings: RunPodSettings,
 ) -> None:
     waited = time.time() - handle.submitted_at
     if waited < settings.stuck_after_s:
         return
-    found = await _recent(target, http, endpoint)
+    try:
+        found = await _recent(target, http, settings)
+    except ProviderError:
+        return  # no judgement to act on; the next poll asks again
     if not found.ok:
         raise Unavailable(
             f"job {handle.job_id} has been queued for {waited:.0f} s and the endpoint is "
