@@ -209,24 +209,25 @@ def test_counters_record_jobs_outputs_and_billing(
 def test_hundreds_of_concurrent_clients_and_workers() -> None:
     async def load(sim: SimulatedRunPod) -> list[dict[str, Any]]:
         headers = {"Authorization": f"Bearer {sim.api_key}"}
-        limits = httpx.Limits(max_connections=300)
-        async with httpx.AsyncClient(headers=headers, limits=limits, timeout=30) as http:
+        connector = aiohttp.TCPConnector(limit=300)
+        async with aiohttp.ClientSession(headers=headers, connector=connector) as http:
 
             async def one(i: int) -> dict[str, Any]:
                 body = job_input(f"Sentence number {i}.")
-                answer = await http.post(f"{sim.url}/runsync", json=body, params={"wait": 20000})
-                return answer.json()
+                url = f"{sim.url}/runsync?wait=20000"
+                async with http.post(url, json=body) as answer:
+                    return await answer.json()
 
             return await asyncio.gather(*(one(i) for i in range(300)))
 
-    with SimulatedRunPod(workers=100, job_seconds=0.5) as sim:
+    with SimulatedRunPod(workers=100, job_seconds=1.0) as sim:
         started = time.monotonic()
-        answers = asyncio.run(load(sim))
+        answers = asyncio.run(asyncio.wait_for(load(sim), 60))
         wall = time.monotonic() - started
         stats = sim.stats()
     assert all(a["status"] == "COMPLETED" for a in answers)
     assert stats["peak_in_progress"] == 100 and stats["jobs"]["completed"] == 300
-    # Three waves of 0.5 s; a serial simulator would need 150 s.
+    # Three waves of 1 s; a simulator that ran jobs one at a time would need 300 s.
     assert wall < 30
 
 
