@@ -307,6 +307,19 @@ def test_short_jobs_use_runsync_and_poll_needs_no_request(sim: SimulatedRunPod) 
     assert audios[0].duration > audios[1].duration > 0
 
 
+def test_a_damaged_inline_answer_is_asked_for_again(sim: SimulatedRunPod) -> None:
+    t = target(sim)
+
+    async def go(http: httpx.AsyncClient) -> JobStatus:
+        handle = await rp.submit(target=t, batch=batch("Hello again."), http=http)
+        damaged = attrs.evolve(handle, extra={**handle.extra, "status": '{"id": "j", "sta'})
+        return await rp.poll(target=t, handle=damaged, http=http)
+
+    before = sim.stats()["requests"].get("status", 0)
+    assert run(go).state is JobState.COMPLETED
+    assert sim.stats()["requests"]["status"] == before + 1
+
+
 def test_long_jobs_use_run_and_status(sim: SimulatedRunPod) -> None:
     t = target(sim, use_runsync=False)
 

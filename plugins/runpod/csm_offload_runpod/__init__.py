@@ -259,12 +259,24 @@ async def submit(target: Target, batch: list[SpeechRequest], http: httpx.AsyncCl
     return JobHandle(target.name, job_id, request_ids, submitted_at, extra)
 
 
+def _inline_status(handle: JobHandle) -> Any:
+    """The finished /runsync answer kept on the handle; None if absent or unreadable (a damaged
+    journal row), in which case the job is asked for again."""
+    inline = handle.extra.get(EXTRA_STATUS)
+    if inline is None:
+        return None
+    try:
+        return json.loads(inline)
+    except ValueError:
+        return None
+
+
 @hookimpl
 async def poll(target: Target, handle: JobHandle, http: httpx.AsyncClient) -> JobStatus:
     settings = _settings(target)
-    inline = handle.extra.get(EXTRA_STATUS)
+    inline = _inline_status(handle)
     if inline is not None:
-        return parse_status(json.loads(inline), handle.request_ids, target.name)
+        return parse_status(inline, handle.request_ids, target.name)
     endpoint = settings.endpoint()
     data, _raw = await api.call(
         http,
@@ -310,7 +322,7 @@ async def decode(target: Target, status: JobStatus, http: httpx.AsyncClient) -> 
 @hookimpl
 async def cancel(target: Target, handle: JobHandle, http: httpx.AsyncClient) -> None:
     settings = _settings(target)
-    if EXTRA_STATUS in handle.extra:
+    if _inline_status(handle) is not None:
         return  # finished on /runsync: nothing left to cancel
     endpoint = settings.endpoint()
     try:
