@@ -172,3 +172,13 @@ def test_group_seed_is_deterministic_and_in_range(seeds: list[int]) -> None:
     assert 0 <= seed < 2**63
     if len(set(seeds)) == 1:
         assert seed == seeds[0] % 2**63
+
+
+def test_static_cache_option_generates(tiny_csm_dir: Path) -> None:
+    from csm_offload_local_csm.engine import CsmEngine, EngineOptions
+
+    engine = CsmEngine.load(EngineOptions(str(tiny_csm_dir), "cpu", static_cache=True))
+    assert engine.model.generation_config.cache_implementation == "static"
+    (result,) = engine.generate([SpeechRequest("Static.", max_audio_length_ms=160)])
+    assert result.error is None
+    assert 0 < result.audio.duration_ms <= 160

@@ -119,10 +119,10 @@ class JobQueue:
         return sum(1 for job in self.jobs.values() if job.state is JobState.QUEUED)
 
     def retry_after(self) -> int:
-        """A guess of when a slot frees up: the queue's work at this machine's speed."""
-        per_job = self.meter.seconds_per_char or 0.0
-        chars = sum(job.batch.text_chars for job in self.jobs.values() if not job.state.finished)
-        return max(1, math.ceil(per_job * chars / max(1, self.queued)))
+        """When a queue slot frees: the running job's text at this machine's measured speed."""
+        rate = self.meter.seconds_per_char or 0.0
+        chars = self.running.batch.text_chars if self.running is not None else 0
+        return max(1, math.ceil(rate * chars))
 
     def add(self, batch: ParsedBatch) -> _Job | None:
         self.expire()
