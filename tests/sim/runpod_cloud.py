@@ -588,7 +588,9 @@ class SimulatedRunPod:
 
     def inject_job(self, kind: str, count: int = 1) -> None:
         """The next `count` jobs misbehave: "no_output" (COMPLETED without output), "lost"
-        (404 from the start), "failed", "undecodable_audio" or "wrong_id"."""
+        (status and cancel answer 404 from the start, though the job still runs and is billed,
+        as when RunPod forgets a job), "failed" (FAILED with an error), "undecodable_audio"
+        (audio bytes that are not FLAC) or "wrong_id" (results for another request id)."""
         self.cloud.inject_job(kind, count)
 
     def set_stuck(self, stuck: bool = True) -> None:
