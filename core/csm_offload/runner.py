@@ -59,6 +59,9 @@ class RunnerSettings:
     #: Consecutive poll errors after which a job is given up (cancelled and resubmitted).
     max_poll_errors: int = 20
     health_timeout_s: float = 10.0
+    #: The budget holds each job's estimate plus this fraction until its actual cost is known:
+    #: estimates are predictions, and a job may run a little longer than predicted.
+    budget_margin: float = 0.25
     breaker_threshold: int = 5
     breaker_cooldown_s: float = 5.0
     #: Times a target's breaker may open without a success in between before batches stop
@@ -145,6 +148,14 @@ class _Attempt(Exception):
         super().__init__(message)
         self.delay = delay
         self.blame = blame
+
+
+@attrs.frozen
+class _Hold:
+    """Money held against the budget for one job: its estimate, and the amount held."""
+
+    estimate: float
+    amount: float
 
 
 @attrs.define
@@ -344,7 +355,7 @@ class Runner:
 
     async def _submit(
         self, choice: Choice, part: list[SpeechRequest], batch: _Batch
-    ) -> tuple[int, JobHandle, float]:
+    ) -> tuple[int, JobHandle, _Hold]:
         target, provider = choice.target, choice.provider
         estimate = provider.estimate_cost(target, part).usd
         reserved = self._reserve(target.name, estimate)
@@ -353,12 +364,12 @@ class Runner:
             handle = await self._call(provider.submit(target, part, self.http))
         except Rejected as exc:
             self.journal.job_finished(key, jr.FAILED, actual_usd=0.0, error=str(exc))
-            self._committed -= reserved
+            self._committed -= reserved.amount
             self._rejected(part, batch, str(exc))
             raise _Attempt(f"rejected: {exc}", blame=False) from None
         except BaseException as exc:
             self.journal.job_finished(key, jr.FAILED, actual_usd=0.0, error=_describe(exc))
-            self._committed -= reserved
+            self._committed -= reserved.amount
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise self._attempt_error(target.name, exc, batch) from None
@@ -510,10 +521,10 @@ class Runner:
         status: JobStatus,
         part: list[SpeechRequest],
         batch: _Batch,
-        reserved: float,
+        reserved: _Hold,
     ) -> None:
         actual = self._actual_cost(choice, status)
-        self._settle(choice.target.name, reserved, actual)
+        self._settle(choice.target.name, reserved, actual, status)
         if status.state is not JobState.COMPLETED:
             self.journal.job_finished(
                 key,
@@ -605,7 +616,7 @@ class Runner:
                     status = await self._follow(choice, row.handle, row.key, part)
                 finally:
                     self._in_flight -= 1
-            await self._finish(choice, row.key, row.handle, status, part, batch, 0.0)
+            await self._finish(choice, row.key, row.handle, status, part, batch, _Hold(0.0, 0.0))
         except _Attempt as exc:
             self._record_failure(choice.target.name, str(exc))
             batch.failures[choice.target.name] += 1
@@ -620,9 +631,11 @@ class Runner:
 
     # --- money ----------------------------------------------------------------------------
 
-    def _reserve(self, target: str, estimate: float) -> float:
-        """Commit an estimate against the budget before submitting, or refuse."""
-        reserved = estimate * self._cost_ratio.get(target, 1.0)
+    def _reserve(self, target: str, estimate: float) -> _Hold:
+        """Commit an estimate against the budget before submitting, or refuse. The hold is the
+        estimate plus a margin, or the worst overrun this target has shown, if larger."""
+        factor = max(1.0 + self.settings.budget_margin, self._cost_ratio.get(target, 1.0))
+        reserved = estimate * factor
         limit = self.settings.max_usd
         if limit is not None and self._committed + reserved > limit + 1e-12:
             raise BudgetExceeded(
@@ -631,15 +644,17 @@ class Runner:
                 "raise the budget and rerun (finished work is kept)"
             )
         self._committed += reserved
-        return reserved
+        return _Hold(estimate, reserved)
 
-    def _settle(self, target: str, reserved: float, actual: float | None) -> None:
-        """Replace a reservation by the actual cost, and learn how estimates compare."""
+    def _settle(self, target: str, hold: _Hold, actual: float | None, status: JobStatus) -> None:
+        """Replace a hold by the actual cost, and learn how far estimates fall short."""
         if actual is None:
             return
-        self._committed += actual - reserved
-        if reserved > 0:
-            ratio = actual / reserved * self._cost_ratio.get(target, 1.0)
+        self._committed += actual - hold.amount
+        if hold.estimate > 0 and status.state is JobState.COMPLETED:
+            # Twice the worst overrun seen: the next hold covers a job that overruns as much
+            # again.
+            ratio = 2 * actual / hold.estimate - 1
             self._cost_ratio[target] = max(self._cost_ratio.get(target, 1.0), ratio)
 
     @staticmethod

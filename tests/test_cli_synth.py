@@ -1,0 +1,230 @@
+"""`csm-offload synth`, `estimate` and `costs` end to end, and sentence-aware chunking."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from csm_offload import Audio
+from csm_offload.chunking import chunk_text
+from csm_offload.cli import main
+from tests.sim.runpod_cloud import SimulatedRunPod
+
+SIM_CONFIG = """
+providers:
+  sim:
+    kind: runpod
+    endpoint_url: {url}
+    api_key: sim-key
+    max_batch: 2
+    max_in_flight: 4
+    use_runsync: false
+    seconds_per_char: 0.001
+    job_overhead_s: 0
+    usd_per_second: 0.01
+  espeak:
+    kind: espeak
+"""
+BOOK = " ".join(f"This is sentence {i} of a short test text." for i in range(12))
+
+
+def cli(*args: str) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    return int(info.value.code or 0)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CSM_OFFLOAD_LOAD_PLUGINS", "runpod,espeak")
+    monkeypatch.delenv("CSM_OFFLOAD_CONFIG", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def sim(workdir: Path) -> Iterator[SimulatedRunPod]:
+    with SimulatedRunPod(workers=4, seconds_per_char=0.001) as cloud:
+        (workdir / "cfg.yaml").write_text(SIM_CONFIG.format(url=cloud.url))
+        yield cloud
+
+
+def test_synth_a_file_through_the_cloud(
+    sim: SimulatedRunPod, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workdir / "book.txt").write_text(BOOK)
+    code = cli(
+        "--config",
+        "cfg.yaml",
+        "synth",
+        "book.txt",
+        "-o",
+        "out/book.wav",
+        "--max-chars",
+        "100",
+        "--quiet",
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    audio = Audio.decode((workdir / "out/book.wav").read_bytes())
+    assert audio.duration > 1
+    meta = json.loads((workdir / "out/book.wav.json").read_text())
+    assert meta["quality"] == "csm"
+    assert meta["targets"] == {"sim": len(meta["segments"])}
+    assert len(meta["segments"]) == len(chunk_text(BOOK, 100)) > 1
+    assert "made by sim" in out and "routing (default)" in out
+    assert "not espeak (espeak): draft quality" in out
+    assert not list(workdir.rglob("*.tmp"))
+    # Again: everything comes from the journal, nothing is sent.
+    submitted = sum(sim.stats()["submissions"].values())
+    assert (
+        cli(
+            "--config",
+            "cfg.yaml",
+            "synth",
+            "book.txt",
+            "-o",
+            "again.wav",
+            "--max-chars",
+            "100",
+            "--quiet",
+        )
+        == 0
+    )
+    assert sum(sim.stats()["submissions"].values()) == submitted
+    assert (workdir / "again.wav").read_bytes() == (workdir / "out/book.wav").read_bytes()
+
+
+def test_draft_voice_when_asked(
+    sim: SimulatedRunPod, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli(
+        "--config",
+        "cfg.yaml",
+        "synth",
+        "Hello from the draft voice.",
+        "-o",
+        "d.wav",
+        "--draft",
+        "--quiet",
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    meta = json.loads((workdir / "d.wav.json").read_text())
+    assert meta["quality"] == "draft" and meta["targets"] == {"espeak": 1}
+    assert "--draft" in out
+    assert sim.stats()["requests"].get("run", 0) == 0
+
+
+def test_cloud_gpu_with_no_usable_remote_exits_2_naming_why(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
+    monkeypatch.delenv("RUNPOD_ENDPOINT_URL", raising=False)
+    code = cli("synth", "Hello.", "-o", "x.wav", "--cloud-gpu", "--quiet")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no usable remote target (--cloud-gpu)" in err
+    assert "runpod: needs RUNPOD_API_KEY" in err
+    assert "Traceback" not in err
+    assert not (workdir / "x.wav").exists()
+
+
+def test_budget_stop_writes_nothing_and_exits_2(
+    sim: SimulatedRunPod, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli(
+        "--config",
+        "cfg.yaml",
+        "synth",
+        BOOK,
+        "-o",
+        "b.wav",
+        "--max-chars",
+        "60",
+        "--max-usd",
+        "0.0008",
+        "--quiet",
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "budget" in err and "--max-usd" in err
+    assert not (workdir / "b.wav").exists()
+    assert sim.stats()["billed_ms"] / 1000 * 0.01 <= 0.0008
+
+
+def test_provider_failure_exits_1_with_a_per_target_summary(
+    sim: SimulatedRunPod, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sim.inject("run", "http", status=500, count=1000)
+    code = cli("--config", "cfg.yaml", "synth", "One sentence.", "-o", "f.wav", "--quiet")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert ("sim:" in err and "HTTP 500" in err) or "500" in err
+    assert not (workdir / "f.wav").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("synth", "", "-o", "x.wav"), "the text is empty"),
+        (("synth", "Hi.", "-o", "x.mp3"), "must end in .wav or .flac"),
+        (("synth", "Hi.", "-o", "x.wav", "--cloud-gpu", "--local-audio"), "exclude each other"),
+    ],
+)
+def test_bad_input_is_one_clear_sentence(
+    workdir: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], message: str
+) -> None:
+    assert cli(*args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_estimate_prices_every_target_and_sends_nothing(
+    sim: SimulatedRunPod, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workdir / "book.txt").write_text(BOOK)
+    assert cli("--config", "cfg.yaml", "estimate", "book.txt", "--json") == 0
+    rows = {row["target"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["sim"]["usd"] > 0 and rows["sim"]["quality"] == "csm"
+    assert rows["espeak"]["usd"] == 0 and rows["espeak"]["quality"] == "draft"
+    assert sum(sim.stats()["requests"].values()) == 0
+    assert cli("--config", "cfg.yaml", "estimate", "book.txt") == 0
+    assert "sim" in capsys.readouterr().out
+
+
+def test_costs_by_target_and_day(
+    sim: SimulatedRunPod, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli("--config", "cfg.yaml", "costs") == 0
+    assert "no journal" in capsys.readouterr().out
+    assert cli("--config", "cfg.yaml", "synth", BOOK, "-o", "c.wav", "--quiet") == 0
+    capsys.readouterr()
+    assert cli("--config", "cfg.yaml", "costs", "--json") == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["target"] == "sim" and row["jobs"] >= 1 and row["actual_usd"] > 0
+    assert row["actual_usd"] == pytest.approx(sim.stats()["billed_ms"] / 1000 * 0.01, rel=0.05)
+    assert cli("--config", "cfg.yaml", "costs") == 0
+    assert "total" in capsys.readouterr().out
+
+
+words = st.text(alphabet=st.sampled_from("abc xyz.,;!?\n。"), max_size=400)
+
+
+@given(text=words, size=st.integers(min_value=1, max_value=80))
+def test_chunks_fit_and_lose_nothing(text: str, size: int) -> None:
+    chunks = chunk_text(text, size)
+    assert all(0 < len(c) <= size for c in chunks)
+    assert "".join("".join(chunks).split()) == "".join(text.split())
+
+
+def test_chunks_break_at_sentences_first() -> None:
+    text = "First sentence here. Second one! A third? " * 3
+    chunks = chunk_text(text, 45)
+    assert chunks[0] == "First sentence here. Second one! A third?"
+    assert all(c[-1] in ".!?" for c in chunks)
