@@ -12,7 +12,6 @@ import httpx
 
 from csm_offload import TransientError, WireError, wire
 
-from .endpoint import Endpoint
 from .errors import error_for_response, error_for_transport
 
 #: RunPod's request-body limits (bytes).
@@ -80,7 +79,3 @@ def wait_ms(predicted_s: float) -> int:
 def runsync_timeout(wait: int) -> httpx.Timeout:
     """The client must wait a little longer than the server holds the connection."""
     return httpx.Timeout(10.0, read=wait / 1000 + 15.0)
-
-
-def route_url(endpoint: Endpoint, name: str, job_id: str | None = None) -> str:
-    return endpoint.route(name, job_id)
