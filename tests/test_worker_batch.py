@@ -129,3 +129,19 @@ def test_worker_config_from_any_environment_is_a_config_or_a_user_error(
     if config.bucket is not None:
         assert isinstance(config.bucket, BucketConfig)
         assert "Secret('********')" in repr(config.bucket)
+
+
+class BrokenEngine(EchoEngine):
+    def generate(self, requests: Sequence[SpeechRequest], cancel: threading.Event | None) -> Any:
+        raise RuntimeError("CUDA out of memory")
+
+
+def test_runpod_worker_fails_the_job_with_one_sentence_when_the_engine_breaks() -> None:
+    from csm_offload_runpod.handler import Worker
+
+    body = wire.unstructure(BatchRequest((SpeechRequest("Hi."),)))
+    answer = Worker(WorkerConfig(), BrokenEngine()).handle({"id": "job", "input": body})
+    assert answer == {"error": "engine failed: RuntimeError: CUDA out of memory"}
+    fine = Worker(WorkerConfig(), EchoEngine()).handle({"id": "job", "input": body})
+    assert fine["results"][0]["error"] is None
+    assert fine["schema"] == 1

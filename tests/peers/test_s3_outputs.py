@@ -151,6 +151,7 @@ def test_fit_without_bucket_always_fits_or_moves_everything(sizes: list[int], li
 
 
 @pytest.mark.torch
+@pytest.mark.slow
 def test_handler_answers_with_urls_when_over_the_inline_limit(
     s3_env: dict[str, str], tiny_csm_dir: Path, tmp_path: Path
 ) -> None:

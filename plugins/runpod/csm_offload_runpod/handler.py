@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -103,7 +104,11 @@ class Worker:
             batch = parse_batch(job.get("input"), self.config.limits)
         except WireError as exc:
             return {"error": f"input.{exc}" if exc.field != "$" else f"input: {exc}"}
-        response = run_batch(self.engine, batch)
+        try:
+            response = run_batch(self.engine, batch)
+        except Exception as exc:  # the engine broke (e.g. GPU out of memory): fail this job
+            traceback.print_exc()  # the worker log keeps the detail; the client gets a sentence
+            return {"error": f"engine failed: {type(exc).__name__}: {exc}"}
         job_id = str(job.get("id") or "job")
         response = fit_response(response, self.config.max_inline_bytes, self.outputs, job_id)
         return wire.unstructure(response)
