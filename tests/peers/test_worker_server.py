@@ -109,7 +109,7 @@ def test_queue_full_answers_429_with_retry_after(tiny_engine: Any) -> None:
             accepted, refused = [], []
             for _ in range(4):
                 try:
-                    accepted.append(await client.submit(batch("Busy.", ms=800)))
+                    accepted.append(await client.submit(batch("Busy.", ms=2400)))
                 except TransientError as exc:
                     refused.append(exc)
             # One job runs and one waits: with max_queue=1 the rest must be turned away.

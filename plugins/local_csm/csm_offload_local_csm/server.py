@@ -290,6 +290,8 @@ def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings) -
             yield
         finally:
             consumer.cancel()
+            if queue.running is not None:  # stop the GPU at its next frame, not at the end
+                queue.running.cancel.set()
 
     def route(name: str) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Response:
