@@ -35,6 +35,7 @@ def test_batch_of_three_returns_three_24k_audios(tiny_engine: Any) -> None:
         assert 0 < result.audio.duration_ms <= 320
         assert result.gpu_ms >= 0
         assert np.isfinite(result.audio.samples).all()
+        assert result.audio.peak() <= 1.0
 
 
 def test_same_seed_gives_identical_samples(tiny_engine: Any) -> None:

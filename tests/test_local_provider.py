@@ -90,6 +90,8 @@ def test_hooks_submit_poll_decode(local: tuple[Any, Any]) -> None:
             assert audio.sample_rate == 24_000
             assert 0 < audio.duration_ms <= 240
             assert status.exec_ms is not None
+            after = await provider.health(target, http)
+            assert "(measured)" in after.detail
             with pytest.raises(JobLost):
                 await provider.poll(target, handle.__class__(target.name, "gone", ()), http)
 

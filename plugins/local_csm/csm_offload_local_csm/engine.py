@@ -307,4 +307,6 @@ def _sampling_kwargs(temperature: float, topk: int) -> dict[str, Any]:
 def _result(item: _Prepared, samples: torch.Tensor, gpu_ms: int) -> Generated:
     limit = item.request.max_audio_length_ms * CSM_SAMPLE_RATE // 1000
     audio = Audio.from_torch(samples[:limit], CSM_SAMPLE_RATE)
-    return Generated(item.request.id, audio, gpu_ms)
+    # `Audio` holds samples in [-1, 1]; the codec can overshoot slightly on loud frames.
+    clipped = np.clip(audio.samples, -1.0, 1.0)
+    return Generated(item.request.id, Audio(clipped, CSM_SAMPLE_RATE), gpu_ms)
