@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -190,24 +191,35 @@ class Journal:
     def load_audio(self, stored: StoredResult) -> Audio:
         return Audio.decode(self.audio_path(stored.audio_sha256).read_bytes())
 
-    def store_result(
-        self, request_id: str, quality: str, target: str, job_key: int | None, audio: Audio
-    ) -> StoredResult:
-        """Write the audio (temp name, then rename), then the row that points to it."""
+    def put_audio(self, audio: Audio) -> str:
+        """Store audio by content (temp name, then rename); returns its SHA-256. Touches no
+        database, so it may run in a worker thread while the event loop goes on."""
         data = audio.encode("flac")
         sha = hashlib.sha256(data).hexdigest()
         path = self.audio_path(sha)
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{sha}.{os.getpid()}.tmp")
+            tmp = path.with_name(f".{sha}.{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.write_bytes(data)
             os.replace(tmp, path)
+        return sha
+
+    def record_result(
+        self,
+        request_id: str,
+        quality: str,
+        target: str,
+        job_key: int | None,
+        sha: str,
+        duration_ms: int,
+    ) -> StoredResult:
+        """The row that points to stored audio; the first result kept wins."""
         with self.db:
-            # The first result kept wins: a later duplicate (a re-attached job finishing after
-            # a resubmission) must not change audio that may already have been used.
+            # A later duplicate (a re-attached job finishing after a resubmission) must not
+            # change audio that may already have been used.
             self.db.execute(
                 "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (request_id, quality, target, job_key, sha, audio.duration_ms, time.time()),
+                (request_id, quality, target, job_key, sha, duration_ms, time.time()),
             )
         row = self.db.execute(
             "SELECT request_id, quality, target, audio_sha256, duration_ms FROM results "
@@ -215,6 +227,13 @@ class Journal:
             (request_id, quality),
         ).fetchone()
         return StoredResult(*row)
+
+    def store_result(
+        self, request_id: str, quality: str, target: str, job_key: int | None, audio: Audio
+    ) -> StoredResult:
+        """Write the audio, then the row that points to it."""
+        sha = self.put_audio(audio)
+        return self.record_result(request_id, quality, target, job_key, sha, audio.duration_ms)
 
     # --- jobs -----------------------------------------------------------------------------
 

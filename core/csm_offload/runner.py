@@ -340,7 +340,9 @@ class Runner:
                 finally:
                     self._in_flight -= 1
             # The provider's work is over: the slot goes to the next batch while this one
-            # decodes and journals its audio.
+            # decodes and journals its audio. Yielding once lets that batch send its
+            # submission first, so a burst of completions does not delay the next jobs.
+            await asyncio.sleep(0)
             await self._finish(choice, key, handle, status, part, batch, reserved)
         except _Attempt as exc:
             if exc.blame:
@@ -583,10 +585,15 @@ class Runner:
         if len(audios) != len(good) or not all(_sane(a) for a in audios):
             failed.update({r.id: "decode returned wrong or unreadable audio" for r in good})
             return set(), failed
+        # Encoding and hashing run in worker threads (libsndfile releases the GIL); the rows
+        # are written here, on the loop's thread, which owns the database connection.
+        shas = await asyncio.gather(
+            *(asyncio.to_thread(self.journal.put_audio, audio) for audio in audios)
+        )
         done = set()
-        for result, audio in zip(good, audios, strict=True):
-            stored = self.journal.store_result(
-                result.id, choice.quality, choice.target.name, key, audio
+        for result, audio, sha in zip(good, audios, shas, strict=True):
+            stored = self.journal.record_result(
+                result.id, choice.quality, choice.target.name, key, sha, audio.duration_ms
             )
             path = self.journal.audio_path(stored.audio_sha256)
             self._succeed(Outcome(result.id, path, choice.target.name, choice.quality))
