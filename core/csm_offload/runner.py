@@ -330,13 +330,11 @@ class Runner:
                 probe = breaker.state is BreakerState.HALF_OPEN
                 if not breaker.acquire():
                     raise _Attempt("circuit opened while waiting", blame=False)
+                sent = time.monotonic()
                 key, handle, reserved = await self._submit(choice, part, batch)
-                # The job exists by the time submit returned: predictions count from here, so
-                # a slow submission does not make the first poll early.
-                returned = time.monotonic()
                 self._in_flight += 1
                 try:
-                    status = await self._follow(choice, handle, key, part, returned)
+                    status = await self._follow(choice, handle, key, part, (sent, time.monotonic()))
                 finally:
                     self._in_flight -= 1
             # The provider's work is over: the slot goes to the next batch while this one
@@ -411,26 +409,36 @@ class Runner:
         handle: JobHandle,
         key: int,
         part: Sequence[SpeechRequest],
-        started: float | None = None,
+        submitted: tuple[float, float] | None = None,
     ) -> JobStatus:
-        """Poll until the job finishes. The first poll goes near the predicted finish."""
+        """Poll until the job finishes. The first poll goes near the predicted finish.
+
+        `submitted` is when the submission was sent and when it returned. Predictions count
+        from its return (the job surely exists by then, so a slow submission does not make the
+        first poll early), unless the submission itself took as long as the job should: a
+        long-poll route (RunPod's /runsync) has then most likely brought the answer already."""
         target, provider = choice.target, choice.provider
         chars = sum(len(r.text) for r in part)
-        if started is None:  # a re-attached job: it was submitted at `submitted_at`
+        first = self._first_poll(target.name, chars)
+        if submitted is None:  # a re-attached job: it was submitted at `submitted_at`
             started = time.monotonic() - max(0.0, time.time() - handle.submitted_at)
+            next_at = started + first
+        else:
+            sent, started = submitted
+            next_at = started if started - sent >= first else started + first
+        blind = self.speeds.of(target.name).predict(chars) is None
         polls = errors = 0
-        next_at = started + self._first_poll(target.name, chars)
         while True:
             if next_at >= self._deadline:
                 await self._cancel(choice, handle, key, "the run's deadline passed")
                 raise _GiveUp(f"the run's deadline ({self.settings.deadline_s:g} s) passed")
-            await self._wait_for_poll(target.name, next_at)
-            if self.speeds.of(target.name).predict(chars) is not None and polls == 0:
+            woke_early = await self._wait_for_poll(target.name, next_at)
+            if blind and woke_early:
                 # A measurement arrived while this job waited blind: poll at its prediction.
+                blind = False
                 planned = started + self._first_poll(target.name, chars)
                 if planned > time.monotonic() + 0.001:
                     next_at = planned
-                    polls = -1
                     continue
             try:
                 status = await self._call(provider.poll(target, handle, self.http))
@@ -459,20 +467,24 @@ class Runner:
                 self._observe(target.name, chars, started, status)
                 return status
             errors = 0
-            polls = max(polls, 0) + 1
+            polls += 1
             next_at = self._next_poll(target.name, chars, started, polls)
 
-    async def _wait_for_poll(self, target: str, when: float) -> None:
-        """Sleep until `when`; before the target's first measurement, wake early when it comes."""
+    async def _wait_for_poll(self, target: str, when: float) -> bool:
+        """Sleep until `when`; before the target's first measurement, wake early when it comes
+        (and say so)."""
         speed = self.speeds.of(target)
         delay = when - time.monotonic()
         if delay <= 0:
-            return
+            return False
         if speed.measured.is_set():
             await self._sleep(delay)
-            return
-        with contextlib.suppress(TimeoutError):
+            return False
+        try:
             await asyncio.wait_for(speed.measured.wait(), delay)
+        except TimeoutError:
+            return False
+        return time.monotonic() < when
 
     def _first_poll(self, target: str, chars: int) -> float:
         predicted = self.speeds.of(target).predict(chars)
