@@ -17,6 +17,7 @@ from csm_offload import (
     BatchResponse,
     CostEstimate,
     JobHandle,
+    JobStatus,
     Segment,
     SpeechRequest,
     UserError,
@@ -218,3 +219,10 @@ def test_lone_surrogates_are_refused_with_the_fix() -> None:
     with pytest.raises(WireError, match="invalid Unicode") as caught:
         wire.structure(doc, BatchRequest)
     assert str(caught.value).startswith("requests[0].context[0]: text has invalid Unicode")
+
+
+@pytest.mark.parametrize("state", ["bogus", "COMPLETED", 1, None])
+def test_job_state_must_be_one_of_the_states(state) -> None:
+    with pytest.raises(WireError, match="expected one of 'queued'") as caught:
+        wire.loads(json.dumps({"state": state}), JobStatus)
+    assert caught.value.field == "state"

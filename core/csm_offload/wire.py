@@ -11,6 +11,7 @@ import base64
 import binascii
 import contextlib
 import contextvars
+import enum
 import json
 import math
 import typing
@@ -24,7 +25,15 @@ from cattrs.gen import make_dict_structure_fn
 
 from .audio import Audio
 from .errors import AudioError, WireError
-from .model import AudioData, AudioUrl, BatchRequest, BatchResponse, Result, SpeechRequest
+from .model import (
+    AudioData,
+    AudioUrl,
+    BatchRequest,
+    BatchResponse,
+    JobState,
+    Result,
+    SpeechRequest,
+)
 
 SCHEMA = 1
 T = TypeVar("T")
@@ -167,12 +176,26 @@ def _literal_factory(cls: Any) -> Any:
     return structure
 
 
+def _enum_factory(cls: type[enum.Enum]) -> Any:
+    names = ", ".join(repr(member.value) for member in cls)
+
+    def structure(value: Any, _type: Any) -> enum.Enum:
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"expected one of {names}, got {value!r}") from None
+
+    return structure
+
+
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     conv.register_structure_hook(int, _strict_int)
     conv.register_structure_hook(float, _strict_float)
     conv.register_structure_hook(str, _strict_str)
     conv.register_structure_hook(bool, _strict_bool)
+    # A StrEnum would dispatch to the `str` hook above and let any string through.
+    conv.register_structure_hook(JobState, _enum_factory(JobState))
     conv.register_structure_hook(bytes, _structure_bytes)
     conv.register_unstructure_hook(bytes, lambda b: base64.b64encode(b).decode("ascii"))
     conv.register_structure_hook_func(
