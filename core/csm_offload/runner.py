@@ -415,8 +415,8 @@ class Runner:
 
         `submitted` is when the submission was sent and when it returned. Predictions count
         from its return (the job surely exists by then, so a slow submission does not make the
-        first poll early), unless the submission itself took as long as the job should: a
-        long-poll route (RunPod's /runsync) has then most likely brought the answer already."""
+        first poll early), unless the submission itself took half as long as the job should or
+        more: a long-poll route (RunPod's /runsync) has then most likely brought the answer."""
         target, provider = choice.target, choice.provider
         chars = sum(len(r.text) for r in part)
         first = self._first_poll(target.name, chars)
@@ -425,7 +425,7 @@ class Runner:
             next_at = started + first
         else:
             sent, started = submitted
-            next_at = started if started - sent >= first else started + first
+            next_at = started if started - sent >= 0.5 * first else started + first
         blind = self.speeds.of(target.name).predict(chars) is None
         polls = errors = 0
         while True:
