@@ -50,7 +50,7 @@ class RunnerSettings:
     deadline_s: float = 3600.0
     max_usd: float | None = None
     #: Shortest and longest gap between two polls of one job.
-    poll_min_s: float = 0.05
+    poll_min_s: float = 0.02
     poll_max_s: float = 10.0
     #: When the first poll of a job goes, before anything about the target has been measured.
     first_poll_s: float = 1.0
@@ -463,6 +463,10 @@ class Runner:
                 )
                 continue
             assert isinstance(status, JobStatus)
+            if polls == 0 and not blind:
+                self.speeds.of(target.name).first_poll_was(
+                    status.state.finished, self.settings.poll_margin_s, 0.25 * first
+                )
             if status.state.finished:
                 self._observe(target.name, chars, started, status)
                 return status
@@ -490,14 +494,15 @@ class Runner:
         predicted = self.speeds.of(target).predict(chars)
         if predicted is None:
             return self.settings.first_poll_s
-        return predicted + self.settings.poll_margin_s
+        return predicted + self.speeds.of(target).margin(self.settings.poll_margin_s)
 
     def _next_poll(self, target: str, chars: int, started: float, polls: int) -> float:
         """After an early poll: the (re)predicted finish if it is still ahead, else back off."""
         now = time.monotonic()
         predicted = self.speeds.of(target).predict(chars)
-        if predicted is not None and started + predicted + self.settings.poll_margin_s > now:
-            return started + predicted + self.settings.poll_margin_s
+        margin = self.speeds.of(target).margin(self.settings.poll_margin_s)
+        if predicted is not None and started + predicted + margin > now:
+            return started + predicted + margin
         if predicted is None:
             # Blind: back off from the first guess, jittered so that many jobs' polls spread
             # out and the earliest finish is seen soon (it then re-plans everyone's polls).
@@ -505,7 +510,7 @@ class Runner:
             gap = base * (1.5 ** min(polls - 1, 20)) * self.rng.uniform(0.5, 1.5)
         else:
             # Late against the prediction: come back soon, then less and less often.
-            base = max(self.settings.poll_min_s, 0.025 * predicted)
+            base = max(self.settings.poll_min_s, 0.01 * predicted)
             gap = base * (1.5 ** min(polls - 1, 20))
         return now + min(self.settings.poll_max_s, gap)
 
