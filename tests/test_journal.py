@@ -163,3 +163,13 @@ def test_unwritable_journal_is_a_user_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(UserError, match=r"run\.journal"):
         Journal(blocker / "journal.sqlite3")
+
+
+def test_one_run_at_a_time_per_journal(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    with Journal(path) as first, Journal(path) as second:
+        first.lock_for_run()
+        with pytest.raises(UserError, match="another csm-offload run"):
+            second.lock_for_run()
+    with Journal(path) as third:
+        third.lock_for_run()  # released when its holder closed

@@ -16,6 +16,7 @@ killed process (the commit is in the OS's page cache) at a few tens of microseco
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import IO
 
 import attrs
 
@@ -139,6 +141,7 @@ class Journal:
         self.path = Path(path)
         self.audio_dir = self.path.parent / "audio"
         self.run_id = uuid.uuid4().hex[:12]
+        self._lock: IO[str] | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.audio_dir.mkdir(parents=True, exist_ok=True)
@@ -151,8 +154,28 @@ class Journal:
                 f"cannot open the journal {self.path}: {exc}; set run.journal to a writable path"
             ) from None
 
+    def lock_for_run(self) -> None:
+        """Take the journal for one run at a time. Re-attaching treats unfinished jobs of
+        other runs as orphans, which is right only if those runs are dead: the lock is held by
+        a live process and released by the OS when it dies, however it dies."""
+        if self._lock is not None:
+            return
+        handle = open(self.path.with_name(self.path.name + ".lock"), "a+")  # noqa: SIM115
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise UserError(
+                f"another csm-offload run is using the journal {self.path}; wait for it to "
+                "finish, or give this run its own run.journal"
+            ) from None
+        self._lock = handle
+
     def close(self) -> None:
         self.db.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def __enter__(self) -> Journal:
         return self

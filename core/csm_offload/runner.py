@@ -210,6 +210,7 @@ class Runner:
         self._progress = progress
         self._total = len(unique)
         self._deadline = time.monotonic() + self.settings.deadline_s
+        self.journal.lock_for_run()
         health = self.router.health
         await health.refresh(
             self.router.pairs(), self.http, self.settings.health_timeout_s, only_stale=True
@@ -367,11 +368,13 @@ class Runner:
             self._committed -= reserved.amount
             self._rejected(part, batch, str(exc))
             raise _Attempt(f"rejected: {exc}", blame=False) from None
-        except BaseException as exc:
+        except asyncio.CancelledError:
+            # Interrupted mid-submit: the provider may have the job. The row stays
+            # `submitting`, so the next run knows this submission's fate is unknown.
+            raise
+        except Exception as exc:
             self.journal.job_finished(key, jr.FAILED, actual_usd=0.0, error=_describe(exc))
             self._committed -= reserved.amount
-            if isinstance(exc, asyncio.CancelledError):
-                raise
             raise self._attempt_error(target.name, exc, batch) from None
         self.journal.job_submitted(key, handle)
         self._emit("submitted", part[0].id, target.name, f"{len(part)} requests")
