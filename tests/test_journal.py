@@ -8,10 +8,20 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from csm_offload import UserError
-from csm_offload.journal import ABANDONED, COMPLETED, SUBMITTED, SUBMITTING, Journal
-from csm_offload.model import SpeechRequest
+from csm_offload.journal import (
+    ABANDONED,
+    COMPLETED,
+    SUBMITTED,
+    SUBMITTING,
+    Journal,
+    _handle_from,
+    _handle_json,
+)
+from csm_offload.model import JobHandle, SpeechRequest
 from csm_offload.plugins import Plugins
 from csm_offload.router import RouteOptions, Router
 from csm_offload.runner import Runner, RunResult
@@ -173,3 +183,20 @@ def test_one_run_at_a_time_per_journal(tmp_path: Path) -> None:
             second.lock_for_run()
     with Journal(path) as third:
         third.lock_for_run()  # released when its holder closed
+
+
+ids = st.text(alphabet="0123456789abcdef", min_size=1, max_size=32)
+
+
+@given(
+    job_id=st.text(max_size=60),
+    request_ids=st.lists(ids, max_size=8),
+    submitted_at=st.floats(min_value=0, max_value=4e9),
+    extra=st.dictionaries(st.text(max_size=10), st.text(max_size=200), max_size=4),
+)
+def test_handles_survive_the_journal(
+    job_id: str, request_ids: list[str], submitted_at: float, extra: dict[str, str]
+) -> None:
+    handle = JobHandle("target", job_id, tuple(request_ids), submitted_at, extra)
+    back = _handle_from(_handle_json(handle))
+    assert back == handle and dict(back.extra) == extra  # type: ignore[union-attr]

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import random
 import time
 from pathlib import Path
 
 import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from csm_offload import JobLost, JobState, JobStatus, Rejected, TransientError, Unavailable
-from csm_offload.backoff import RetryPolicy
+from csm_offload.backoff import RetryPolicy, full_jitter, parse_retry_after, retry_delay
+from csm_offload.breaker import BreakerState, CircuitBreaker
+from csm_offload.health import HealthCache
 from csm_offload.journal import Journal
 from csm_offload.model import SpeechRequest
 from csm_offload.plugins import Plugins
@@ -277,3 +284,76 @@ def test_all_candidates_failing_gives_a_per_target_summary(
     summary = result.summary()
     assert "a: " in summary and "HTTP 503" in summary
     assert "b: " in summary and "connection reset" in summary
+
+
+# --- the parts of the retry loop, on their own ----------------------------------------------
+
+
+@given(attempt=st.integers(min_value=0, max_value=100), seed=st.integers(0, 2**32))
+def test_full_jitter_stays_within_its_cap(attempt: int, seed: int) -> None:
+    policy = RetryPolicy(max_retries=3, base_s=0.25, cap_s=30.0)
+    delay = full_jitter(attempt, policy, random.Random(seed))
+    assert 0.0 <= delay <= min(30.0, 0.25 * 2**attempt)
+
+
+@given(retry_after=st.floats(min_value=0, max_value=100), seed=st.integers(0, 2**32))
+def test_retry_after_is_a_floor(retry_after: float, seed: int) -> None:
+    policy = RetryPolicy(base_s=0.25, cap_s=30.0)
+    delay = retry_delay(0, retry_after, policy, random.Random(seed))
+    assert retry_after <= delay <= retry_after + 0.25
+
+
+@given(seconds=st.integers(min_value=0, max_value=10**6))
+def test_retry_after_parses_both_forms(seconds: int) -> None:
+    now = 1_800_000_000.0
+    assert parse_retry_after(str(seconds)) == seconds
+    date = email.utils.formatdate(now + seconds, usegmt=True)
+    assert parse_retry_after(date, now=now) == pytest.approx(seconds, abs=1)
+
+
+@given(text=st.text(max_size=40))
+def test_retry_after_garbage_is_none_or_a_delay(text: str) -> None:
+    value = parse_retry_after(text, now=0.0)
+    assert value is None or value >= 0
+
+
+def test_breaker_opens_half_opens_and_closes() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=2, cooldown_s=10, max_cooldown_s=40, clock=lambda: now[0])
+    breaker.failure("503")
+    assert breaker.state is BreakerState.CLOSED
+    breaker.failure("503")
+    assert breaker.state is BreakerState.OPEN and not breaker.available()
+    now[0] = 10.0
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert breaker.acquire() and not breaker.acquire()  # one probe only
+    breaker.failure("still 503")
+    assert breaker.state is BreakerState.OPEN and breaker.reopens_in() == 20.0  # doubled
+    now[0] = 30.0
+    assert breaker.acquire()
+    breaker.success()
+    assert breaker.state is BreakerState.CLOSED and breaker.opens == 0
+    breaker.trip("401 unauthorized")
+    assert breaker.state is BreakerState.OPEN and "401" in breaker.describe()
+
+
+def test_health_cache_refreshes_in_the_background(plugins: Plugins) -> None:
+    a = ScriptedProvider("cloud_a")
+    a.script("health", RuntimeError("plugin bug"))
+
+    async def go() -> None:
+        with registered_all(plugins, a=a):
+            router = make_router(plugins, ONE.format(batch=1, in_flight=1))
+            cache = HealthCache(ttl_s=0.1)
+            async with httpx.AsyncClient() as http:
+                await cache.refresh(router.pairs(), http)
+                first = cache.get("a")
+                assert first is not None and not first.ok and "plugin bug" in first.detail
+                cache.start(router.pairs(), http)
+                await asyncio.sleep(0.3)
+                await cache.stop()
+            second = cache.get("a")
+            assert second is not None and second.ok
+            assert a.calls["health"] >= 2
+
+    asyncio.run(go())
