@@ -185,7 +185,7 @@ def test_bad_input_is_one_clear_sentence(
     assert message in err and "Traceback" not in err
 
 
-def test_estimate_prices_every_target_and_sends_nothing(
+def test_estimate_prices_every_target_and_sends_no_work(
     sim: SimulatedRunPod, workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (workdir / "book.txt").write_text(BOOK)
@@ -193,7 +193,9 @@ def test_estimate_prices_every_target_and_sends_nothing(
     rows = {row["target"]: row for row in json.loads(capsys.readouterr().out)}
     assert rows["sim"]["usd"] > 0 and rows["sim"]["quality"] == "csm"
     assert rows["espeak"]["usd"] == 0 and rows["espeak"]["quality"] == "draft"
-    assert sum(sim.stats()["requests"].values()) == 0
+    # Only health checks reach the endpoint: no work is sent, nothing is paid.
+    assert set(sim.stats()["requests"]) == {"health"}
+    assert sim.stats()["submissions"] == {}
     assert cli("--config", "cfg.yaml", "estimate", "book.txt") == 0
     assert "sim" in capsys.readouterr().out
 

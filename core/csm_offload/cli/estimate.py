@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..journal import Journal
-from ..manager import CloudGPUManager
+from ..manager import CloudGPUManager, http_client
 from ..model import SpeechRequest
 from .app import App, pass_app
 from .synth import make_requests, read_text
@@ -28,6 +29,12 @@ def _already_done(path: Path, requests: list[SpeechRequest], quality: str) -> se
         return set(journal.cached([r.id for r in requests], quality))
 
 
+async def _check_health(manager: CloudGPUManager) -> None:
+    """Ask every target once (health checks are free) so that only usable ones are priced."""
+    async with http_client() as http:
+        await manager.router.health.refresh(manager.router.pairs(), http, timeout_s=10.0)
+
+
 @click.command(name="estimate")
 @click.argument("source")
 @click.option("--speaker", type=click.IntRange(0, 1_000), default=0)
@@ -37,15 +44,20 @@ def _already_done(path: Path, requests: list[SpeechRequest], quality: str) -> se
 def estimate_command(
     app: App, source: str, speaker: int, max_chars: int | None, as_json: bool
 ) -> None:
-    """Cost of speaking SOURCE (text or a file) on every usable target; nothing is sent."""
+    """Cost of speaking SOURCE (text or a file) on every usable target; no work is sent."""
     manager = CloudGPUManager(config=app.config, plugins=app.plugins)
     requests = make_requests(manager, read_text(source), speaker, max_chars)
     unique = list({r.id: r for r in requests}.values())
+    asyncio.run(_check_health(manager))
     rows = []
     for check in manager.checks:
-        if check.target is None or check.provider is None:
+        health = manager.router.health.get(check.name)
+        reason = check.reason
+        if health is not None and not health.ok:
+            reason = f"unhealthy: {health.detail}"
+        if check.target is None or check.provider is None or reason != "ok":
             rows.append(
-                {"target": check.name, "kind": check.kind, "usable": False, "reason": check.reason}
+                {"target": check.name, "kind": check.kind, "usable": False, "reason": reason}
             )
             continue
         info = check.provider.info
