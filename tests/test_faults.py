@@ -76,6 +76,7 @@ def run_against(
     requests: list[SpeechRequest],
     tmp: Path,
     runsync: bool,
+    timeout: float = 5.0,
 ) -> RunResult:
     blocks = "".join(
         TARGET.format(name=name, url=sim.url, runsync=str(runsync).lower(), price=0.001 * (i + 1))
@@ -89,7 +90,7 @@ def run_against(
 
     async def go() -> RunResult:
         with Journal(tmp / "journal.sqlite3") as journal:
-            async with httpx.AsyncClient(timeout=5.0) as http:
+            async with httpx.AsyncClient(timeout=timeout) as http:
                 runner = Runner(router, journal, http, SETTINGS, RouteOptions(cloud_gpu=True))
                 result = await runner.run(requests)
             assert len(journal.cached([r.id for r in requests], "csm")) == len(requests)
@@ -197,3 +198,27 @@ def test_endpoint_down_fails_over_without_trying_each_request(
     # 401 is Unavailable: the breaker opens at once; only health checks and a probe or two
     # reach the dead endpoint, not one submission per request.
     assert down.stats()["requests"].get("run", 0) <= 3
+
+
+def test_read_timeout_on_status_is_retried_without_paying_twice(
+    one: SimulatedRunPod, tmp_path: Path
+) -> None:
+    one.inject("status", "slow", count=2, delay_s=1.0)
+    requests = requests_for(4)
+    result = run_against([("sim", one)], requests, tmp_path, runsync=False, timeout=0.5)
+    assert_complete(result, requests)
+    assert all(n == 1 for n in generated(one).values()), generated(one)
+    assert sum(one.stats()["submissions"].values()) == len(requests)
+
+
+def test_read_timeout_on_submit_is_retried(one: SimulatedRunPod, tmp_path: Path) -> None:
+    """A submission that times out may still have created a job (the endpoint answers after
+    the client gave up): with no idempotency key in RunPod's API, that job is an orphan. The
+    batch completes; only the orphaned job's requests are generated twice."""
+    one.inject("run", "slow", count=1, delay_s=1.0)
+    requests = requests_for(4)
+    result = run_against([("sim", one)], requests, tmp_path, runsync=False, timeout=0.5)
+    assert_complete(result, requests)
+    made = generated(one)
+    assert sum(made.values()) <= len(requests) + 2  # one orphaned job of max_batch 2 at most
+    assert all(n >= 1 for n in made.values()) and len(made) == len(requests)

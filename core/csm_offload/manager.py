@@ -33,9 +33,9 @@ from .runner import Progress, Runner, RunnerSettings, RunResult
 from .speed import SpeedBook
 from .targets import TargetCheck, check_targets
 
-#: Seconds a single HTTP request may take before it counts as a transient failure. /runsync
-#: style long polls hold a request open, so the read timeout is generous.
-HTTP_TIMEOUT = httpx.Timeout(connect=10.0, read=330.0, write=60.0, pool=None)
+#: Seconds a single HTTP request may take before it counts as a transient failure. Plugins
+#: that hold a request open on purpose (RunPod's /runsync) pass a longer timeout for that call.
+HTTP_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=None)
 #: Pause between chunks of one utterance when long text is split.
 CHUNK_PAUSE_S = 0.2
 
