@@ -202,6 +202,10 @@ def synth_command(
     _report(result, requests, path, fmt)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _report(result: RunResult, requests: list[SpeechRequest], path: Path, fmt: str) -> None:
     if result.budget_stopped:
         done = sum(o.ok for o in result.outcomes.values())
@@ -222,10 +226,12 @@ def _report(result: RunResult, requests: list[SpeechRequest], path: Path, fmt: s
     sidecar = _sidecar(path, audio, result, requests)
     _write_atomic(sidecar_path(path), json.dumps(sidecar, indent=2).encode())
     cached = sum(result.outcomes[r.id].cached for r in set(requests))
-    made_by = ", ".join(f"{name} ({n} segments)" for name, n in sidecar["targets"].items())
+    made_by = ", ".join(
+        f"{name} ({_count(n, 'segment')})" for name, n in sidecar["targets"].items()
+    )
     click.echo(
         f"wrote {path} ({audio.duration:.1f} s, {result.plan.quality} quality) "
-        f"made by {made_by}; {cached} segments from the journal; "
+        f"made by {made_by}; {_count(cached, 'segment')} from the journal; "
         f"${result.cost_usd:.4f} spent"
     )
     click.echo(f"metadata: {sidecar_path(path)}")
