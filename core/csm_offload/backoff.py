@@ -7,6 +7,7 @@ concurrent jobs so that a burst of failures does not come back as a burst of ret
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 import time
 
@@ -48,14 +49,14 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     text = value.strip()
     if not text:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return float(int(text))
     try:
         seconds = float(text)
     except ValueError:
         seconds = None
     if seconds is not None:
-        return seconds if seconds >= 0 else None
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):

@@ -54,6 +54,8 @@ class RunnerSettings:
     poll_max_s: float = 10.0
     #: When the first poll of a job goes, before anything about the target has been measured.
     first_poll_s: float = 1.0
+    #: When the pilot job (the one that measures an unmeasured target) first polls.
+    pilot_first_s: float = 0.2
     #: A poll goes this long after the predicted finish, so that it usually finds the job done.
     poll_margin_s: float = 0.03
     #: Consecutive poll errors after which a job is given up (cancelled and resubmitted).
@@ -420,7 +422,7 @@ class Runner:
         from its return (the job surely exists by then, so a slow submission does not make the
         first poll early), unless the submission itself took half as long as the job should or
         more: a long-poll route (RunPod's /runsync) has then most likely brought the answer."""
-        target, provider = choice.target, choice.provider
+        target = choice.target
         chars = sum(len(r.text) for r in part)
         first = self._first_poll(target.name, chars)
         if submitted is None:  # a re-attached job: it was submitted at `submitted_at`
@@ -429,6 +431,35 @@ class Runner:
         else:
             sent, started = submitted
             next_at = started if started - sent >= 0.5 * first else started + first
+        speed = self.speeds.of(target.name)
+        blind = speed.predict(chars) is None
+        # Before the target's first measurement, one job (the pilot) polls often, at a tenth
+        # of its age; the others sleep until the pilot's measurement wakes them, with a slow
+        # schedule of their own in case the pilot fails.
+        pilot = blind and not speed.piloted
+        if pilot:
+            speed.piloted = True
+            next_at = min(next_at, started + self.settings.pilot_first_s)
+        elif blind:
+            next_at = max(next_at, started + 3 * self.settings.first_poll_s)
+        try:
+            return await self._poll_loop(choice, handle, key, chars, started, next_at, pilot)
+        finally:
+            if pilot:
+                speed.piloted = False
+
+    async def _poll_loop(
+        self,
+        choice: Choice,
+        handle: JobHandle,
+        key: int,
+        chars: int,
+        started: float,
+        next_at: float,
+        pilot: bool,
+    ) -> JobStatus:
+        target, provider = choice.target, choice.provider
+        first = self._first_poll(target.name, chars)
         blind = self.speeds.of(target.name).predict(chars) is None
         polls = errors = 0
         while True:
@@ -475,7 +506,7 @@ class Runner:
                 return status
             errors = 0
             polls += 1
-            next_at = self._next_poll(target.name, chars, started, polls)
+            next_at = self._next_poll(target.name, chars, started, polls, pilot)
 
     async def _wait_for_poll(self, target: str, when: float) -> bool:
         """Sleep until `when`; before the target's first measurement, wake early when it comes
@@ -499,13 +530,18 @@ class Runner:
             return self.settings.first_poll_s
         return predicted + self.speeds.of(target).margin(self.settings.poll_margin_s)
 
-    def _next_poll(self, target: str, chars: int, started: float, polls: int) -> float:
+    def _next_poll(
+        self, target: str, chars: int, started: float, polls: int, pilot: bool = False
+    ) -> float:
         """After an early poll: the (re)predicted finish if it is still ahead, else back off."""
         now = time.monotonic()
         predicted = self.speeds.of(target).predict(chars)
         margin = self.speeds.of(target).margin(self.settings.poll_margin_s)
         if predicted is not None and started + predicted + margin > now:
             return started + predicted + margin
+        if predicted is None and pilot:
+            # Late by at most a tenth of the job's time, in O(log) polls.
+            return now + max(self.settings.poll_min_s, 0.1 * (now - started))
         if predicted is None:
             # Blind: back off from the first guess, jittered so that many jobs' polls spread
             # out and the earliest finish is seen soon (it then re-plans everyone's polls).

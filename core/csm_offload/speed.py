@@ -27,6 +27,8 @@ class TargetSpeed:
     #: finds the job done shrinks it a little, one that comes too early grows it, so that about
     #: one first poll in thirty is early (each costs one extra request and a short wait).
     margin_s: float | None = None
+    #: A job is measuring this target for the others (see the runner's pilot polls).
+    piloted: bool = False
     #: Set at the first measurement: jobs that were waiting blind re-plan their next poll.
     measured: asyncio.Event = attrs.field(factory=asyncio.Event)
 
