@@ -433,8 +433,8 @@ class Runner:
             next_at = started if started - sent >= 0.5 * first else started + first
         speed = self.speeds.of(target.name)
         blind = speed.predict(chars) is None
-        # Before the target's first measurement, one job (the pilot) polls often, at a tenth
-        # of its age; the others sleep until the pilot's measurement wakes them, with a slow
+        # Before the target's first measurement, one job (the pilot) polls often, every 3 % of
+        # its age; the others sleep until the pilot's measurement wakes them, with a slow
         # schedule of their own in case the pilot fails.
         pilot = blind and not speed.piloted
         if pilot:
@@ -540,8 +540,8 @@ class Runner:
         if predicted is not None and started + predicted + margin > now:
             return started + predicted + margin
         if predicted is None and pilot:
-            # Late by at most a tenth of the job's time, in O(log) polls.
-            return now + max(self.settings.poll_min_s, 0.1 * (now - started))
+            # Late by at most 3 % of the job's time, in O(log) polls of this one job.
+            return now + max(self.settings.poll_min_s, 0.03 * (now - started))
         if predicted is None:
             # Blind: back off from the first guess, jittered so that many jobs' polls spread
             # out and the earliest finish is seen soon (it then re-plans everyone's polls).
