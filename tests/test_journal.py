@@ -149,6 +149,25 @@ def test_in_flight_job_of_a_dead_run_is_reattached(plugins: Plugins, tmp_path: P
     assert ABANDONED in states.values()
 
 
+def test_reattached_job_keeps_results_the_rerun_did_not_ask_for(
+    plugins: Plugins, tmp_path: Path
+) -> None:
+    path = tmp_path / "journal.sqlite3"
+    a = ScriptedProvider("cloud_a")
+    requests = requests_for(2)
+    with registered_all(plugins, a=a):
+        router = make_router(plugins, CONFIG)
+        handle = asyncio.run(a.submit(router.checks[0].target, requests, None))
+        with Journal(path) as dead:
+            key = dead.begin_job("a", "csm", [r.id for r in requests], 0.01)
+            dead.job_submitted(key, handle)
+        first = run(make_router(plugins, CONFIG), requests[:1], path)
+        second = run(make_router(plugins, CONFIG), requests[1:], path)
+    assert first.ok and second.ok
+    assert second.outcomes[requests[1].id].cached  # paid once, kept, not generated again
+    assert a.calls["submit"] == 1
+
+
 def test_actual_cost_is_exec_time_times_price(plugins: Plugins, tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite3"
     a = ScriptedProvider("cloud_a", seconds_per_char=0.001)

@@ -580,6 +580,7 @@ class Runner:
         part: list[SpeechRequest],
         batch: _Batch,
         reserved: _Hold,
+        also: frozenset[str] = frozenset(),
     ) -> None:
         actual = self._actual_cost(choice, status)
         self._settle(choice.target.name, reserved, actual, status)
@@ -594,7 +595,7 @@ class Runner:
             )
             message = f"job {status.state.value}: {status.error or 'no detail'}"
             raise _Attempt(message, self._backoff(choice, batch))
-        done, failed = await self._store(choice, key, status, part)
+        done, failed = await self._store(choice, key, status, part, also)
         self.journal.job_finished(
             key,
             jr.COMPLETED,
@@ -618,9 +619,16 @@ class Runner:
         return retry_delay(attempt, None, self.settings.retry, self.rng)
 
     async def _store(
-        self, choice: Choice, key: int, status: JobStatus, part: list[SpeechRequest]
+        self,
+        choice: Choice,
+        key: int,
+        status: JobStatus,
+        part: list[SpeechRequest],
+        also: frozenset[str] = frozenset(),
     ) -> tuple[set[str], dict[str, str]]:
-        """Decode and journal the good results; return the ids stored and the ids that failed."""
+        """Decode and journal the good results; return the ids stored and the ids that failed.
+        Results for the ids in `also` (paid for, but not asked for by this run) are journaled
+        too, for the run that asks for them."""
         wanted = {r.id for r in part}
         by_id = {r.id: r for r in status.results if r.id in wanted}
         failed = {rid: "the job returned no result for it" for rid in wanted - set(by_id)}
@@ -628,17 +636,20 @@ class Runner:
             if result.error is not None:
                 failed[rid] = f"worker error: {result.error}"
         good = [r for r in status.results if r.id in by_id and r.error is None]
+        extra = [r for r in status.results if r.id in also - wanted and r.error is None]
         if not good:
             return set(), failed
         try:
             decoded = await self._call(
-                choice.provider.decode(choice.target, attrs.evolve(status, results=good), self.http)
+                choice.provider.decode(
+                    choice.target, attrs.evolve(status, results=good + extra), self.http
+                )
             )
         except (CsmOffloadError, httpx.HTTPError, TimeoutError) as exc:
             failed.update({r.id: f"decode failed: {_describe(exc)}" for r in good})
             return set(), failed
         audios = list(decoded) if isinstance(decoded, list | tuple) else []
-        if len(audios) != len(good) or not all(_sane(a) for a in audios):
+        if len(audios) != len(good) + len(extra) or not all(_sane(a) for a in audios):
             failed.update({r.id: "decode returned wrong or unreadable audio" for r in good})
             return set(), failed
         # Encoding and hashing run in worker threads (libsndfile releases the GIL); the rows
@@ -647,10 +658,12 @@ class Runner:
             *(asyncio.to_thread(self.journal.put_audio, audio) for audio in audios)
         )
         done = set()
-        for result, audio, sha in zip(good, audios, shas, strict=True):
+        for result, audio, sha in zip(good + extra, audios, shas, strict=True):
             stored = self.journal.record_result(
                 result.id, choice.quality, choice.target.name, key, sha, audio.duration_ms
             )
+            if result.id not in wanted:
+                continue
             path = self.journal.audio_path(stored.audio_sha256)
             self._succeed(Outcome(result.id, path, choice.target.name, choice.quality))
             done.add(result.id)
@@ -679,7 +692,10 @@ class Runner:
                     status = await self._follow(choice, row.handle, row.key, part)
                 finally:
                     self._in_flight -= 1
-            await self._finish(choice, row.key, row.handle, status, part, batch, _Hold(0.0, 0.0))
+            also = frozenset(row.request_ids)
+            await self._finish(
+                choice, row.key, row.handle, status, part, batch, _Hold(0.0, 0.0), also
+            )
         except _Attempt as exc:
             self._record_failure(choice.target.name, str(exc))
             batch.failures[choice.target.name] += 1
