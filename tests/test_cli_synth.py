@@ -173,6 +173,7 @@ def test_provider_failure_exits_1_with_a_per_target_summary(
     ("args", "message"),
     [
         (("synth", "", "-o", "x.wav"), "the text is empty"),
+        (("synth", "chapter1.txt", "-o", "x.wav"), "chapter1.txt: no such file"),
         (("synth", "Hi.", "-o", "x.mp3"), "must end in .wav or .flac"),
         (("synth", "Hi.", "-o", "x.wav", "--cloud-gpu", "--local-audio"), "exclude each other"),
     ],

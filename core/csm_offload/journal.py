@@ -16,7 +16,6 @@ killed process (the commit is in the OS's page cache) at a few tens of microseco
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import os
@@ -31,6 +30,11 @@ from typing import IO
 import attrs
 
 from .audio import Audio
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked against each other there
+    fcntl = None  # type: ignore[assignment]
 from .errors import UserError
 from .model import JobHandle, SpeechRequest
 
@@ -158,7 +162,7 @@ class Journal:
         """Take the journal for one run at a time. Re-attaching treats unfinished jobs of
         other runs as orphans, which is right only if those runs are dead: the lock is held by
         a live process and released by the OS when it dies, however it dies."""
-        if self._lock is not None:
+        if self._lock is not None or fcntl is None:
             return
         handle = open(self.path.with_name(self.path.name + ".lock"), "a+")  # noqa: SIM115
         try:

@@ -35,6 +35,7 @@ from .app import App, pass_app
 DEFAULT_CHUNK_CHARS = 300
 MAX_INPUT_BYTES = 50 * 1024 * 1024
 FORMATS = {".wav": "wav", ".flac": "flac"}
+TEXT_SUFFIXES = frozenset({".txt", ".text", ".md", ".markdown", ".rst"})
 
 
 def read_text(source: str) -> str:
@@ -47,6 +48,11 @@ def read_text(source: str) -> str:
     except OSError:
         is_file = False
     if not is_file:
+        if _looks_like_a_path(source):
+            raise UserError(
+                f"{source}: no such file; check the path (to speak these words as text, "
+                "add a space or punctuation)"
+            )
         return source
     if path.stat().st_size > MAX_INPUT_BYTES:
         raise UserError(f"{path} is over {MAX_INPUT_BYTES // 2**20} MB; split it into chapters")
@@ -54,6 +60,13 @@ def read_text(source: str) -> str:
         return path.read_text("utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text; convert it (e.g. iconv -t UTF-8)") from None
+
+
+def _looks_like_a_path(source: str) -> bool:
+    """One word ending in a text-file suffix, or containing a slash: surely a mistyped path."""
+    if not source or any(c.isspace() for c in source):
+        return False
+    return Path(source).suffix.lower() in TEXT_SUFFIXES or "/" in source
 
 
 def route_options(cloud_gpu: bool, local_audio: bool, draft: bool) -> RouteOptions:
