@@ -200,7 +200,6 @@ class Runner:
         self._cost_ratio: dict[str, float] = {}
         self._budget_stopped = False
         self._deadline = math.inf
-        self._plan: Plan | None = None
 
     # --- the run --------------------------------------------------------------------------
 
@@ -218,7 +217,6 @@ class Runner:
             self.router.pairs(), self.http, self.settings.health_timeout_s, only_stale=True
         )
         plan = self.router.plan(unique or [SpeechRequest(text="")], self.options)
-        self._plan = plan
         self.journal.record_requests(unique)
         pending = self._take_cached(unique, plan.quality)
         health.start(self.router.pairs(), self.http)
