@@ -134,3 +134,16 @@ def test_broken_estimate_rejects_only_that_target(plugins: Plugins) -> None:
 
 def _boom(**_kwargs: object) -> None:
     raise RuntimeError("bug in plugin")
+
+
+def test_the_seed_provider_setting_puts_the_preferred_target_first(plugins: Plugins) -> None:
+    config = "audio:\n  cloud_gpu:\n    provider: cloud_b\n" + CONFIG
+    with registered_all(plugins, **providers()):
+        plan = make_router(plugins, config).plan(BATCH, RouteOptions())
+    assert names(plan) == ["dear", "cheap", "local"]
+    assert plan.candidates[0].note.startswith("preferred by audio.cloud_gpu.provider")
+    assert "preferred by audio.cloud_gpu.provider" in "\n".join(plan.explain())
+    by_name = "audio:\n  cloud_gpu:\n    provider: local\n" + CONFIG
+    with registered_all(plugins, **providers()):
+        plan = make_router(plugins, by_name).plan(BATCH, RouteOptions())
+    assert names(plan) == ["cheap", "dear", "local"]  # local still goes after every remote

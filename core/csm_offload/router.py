@@ -21,6 +21,8 @@ from .speed import SpeedBook
 from .target import Quality, Target
 from .targets import TargetCheck
 
+PREFERRED_NOTE = "preferred by audio.cloud_gpu.provider"
+
 
 @attrs.frozen
 class RouteOptions:
@@ -233,9 +235,16 @@ class Router:
         return "cheapest healthy remote target first, local targets last (fallback_to_local)"
 
     def _order(self, choices: list[Choice], options: RouteOptions, chars: int) -> list[Choice]:
+        choices = [self._mark_preferred(c) for c in choices]
 
-        def key(c: Choice) -> tuple[float, float]:
-            return (c.cost.usd, self.speeds.latency_key(c.target.name, chars))
+        def key(c: Choice) -> tuple[bool, float, float]:
+            # audio.cloud_gpu.provider (the seed's setting) names the user's preferred target:
+            # it goes first when usable; price and then latency order the rest.
+            return (
+                not self._preferred(c),
+                c.cost.usd,
+                self.speeds.latency_key(c.target.name, chars),
+            )
 
         if options.mode != "default":
             return sorted(choices, key=key)
@@ -244,6 +253,16 @@ class Router:
         remote = sorted((c for c in choices if c.remote), key=key)
         local = sorted((c for c in choices if not c.remote), key=key)
         return remote + local
+
+    def _preferred(self, choice: Choice) -> bool:
+        wanted = self.cloud.provider
+        return bool(wanted) and wanted in (choice.target.name, choice.target.kind)
+
+    def _mark_preferred(self, choice: Choice) -> Choice:
+        if not self._preferred(choice):
+            return choice
+        note = f"{PREFERRED_NOTE}; {choice.note}" if choice.note else PREFERRED_NOTE
+        return attrs.evolve(choice, note=note)
 
     @staticmethod
     def _none_message(options: RouteOptions, rejected: list[Rejection]) -> str:

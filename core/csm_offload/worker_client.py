@@ -31,9 +31,7 @@ class WorkerJob:
     """A job on the worker server. `response` is set once `state` is completed."""
 
     id: str
-    # The converter (not cattrs) makes the enum: the core converter's `str` hook would
-    # otherwise accept any string for a `StrEnum`.
-    state: JobState = attrs.field(converter=JobState)
+    state: JobState
     response: BatchResponse | None = None
     error: str | None = None
     queue_ms: int | None = None
