@@ -281,5 +281,5 @@ def test_worker_health_round_trips(
 
 
 def test_worker_job_refuses_an_unknown_state() -> None:
-    with pytest.raises(UserError, match="expected one of .queued."):
+    with pytest.raises(UserError, match="expected one of 'queued'"):
         loads(b'{"id":"a","state":"exploded","schema":1}', WorkerJob)
