@@ -144,6 +144,22 @@ def test_gated_model_message_names_token_and_licence() -> None:
     assert "local directory" in message
 
 
+@pytest.mark.torch
+def test_uncached_gated_model_without_a_token_fails_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    from csm_offload_local_csm import engine
+
+    monkeypatch.setattr(engine, "cached", lambda model: False)
+    monkeypatch.setattr(engine, "_hub_token", lambda: None)
+    started = time.perf_counter()
+    with pytest.raises(engine.ModelLoadError, match="set HF_TOKEN, and run `hf download"):
+        engine.CsmEngine.load(engine.EngineOptions(model="sesame/csm-1b", device="cpu"))
+    assert time.perf_counter() - started < 5  # no minutes of retries against the Hub
+
+
 def test_device_and_dtype_choice() -> None:
     import torch
     from csm_offload_local_csm.engine import ModelLoadError, pick_device, pick_dtype

@@ -26,7 +26,7 @@ from transformers.utils import logging as hf_logging
 from csm_offload import Audio, SpeechRequest, UserError, WorkerInfo
 from csm_offload.audio import CSM_SAMPLE_RATE
 
-from .weights import cached, looks_like_path
+from .weights import cached, looks_like_path, weights_status
 
 DEFAULT_MODEL = "sesame/csm-1b"
 #: One codec frame is 80 ms of audio (Mimi runs at 12.5 frames per second).
@@ -97,6 +97,13 @@ def pick_dtype(requested: str, device: str) -> torch.dtype:
     return _DTYPES[requested]
 
 
+def _hub_token() -> str | None:
+    """HF_TOKEN, or the token `hf auth login` stored."""
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
 def load_error_message(model: str, exc: BaseException) -> str:
     """One sentence that names the fix for the usual reasons a model does not load."""
     if looks_like_path(model):
@@ -149,8 +156,13 @@ class CsmEngine:
         hf_logging.disable_progress_bar()
         # Cached weights load without asking the Hub (fast, and works offline).
         hub = {"token": os.environ.get("HF_TOKEN") or None}
-        if not looks_like_path(options.model) and cached(options.model):
-            hub["local_files_only"] = True
+        if not looks_like_path(options.model):
+            if cached(options.model):
+                hub["local_files_only"] = True
+            elif not _hub_token():
+                # The weights are gated: without a token the Hub can only refuse, after minutes
+                # of retries when it is out of reach. Say what to do at once.
+                raise ModelLoadError(weights_status(options.model)[1])
         try:
             processor = CsmProcessor.from_pretrained(options.model, **hub)
             model = CsmForConditionalGeneration.from_pretrained(options.model, dtype=dtype, **hub)
