@@ -1,6 +1,6 @@
 """Benchmark of the eSpeak NG draft voice: prints one JSON object (never asserted in tests).
 
-    .venv/bin/python plugins/espeak/bench/espeak_speed.py
+    .venv/bin/python bench/espeak.py
 
 Measures, on this machine: one-sentence latency through the hooks, audio seconds per wall
 second for a long text (synthesis, resampling to 24 kHz and WAV encoding included), 20
