@@ -99,14 +99,15 @@ class Config:
     #: Line of each key path, for errors found later (e.g. provider settings).
     lines: Mapping[Path_, int] = attrs.field(factory=dict, repr=False, eq=False)
 
-    def line_of(self, path: Path_) -> int:
-        """The line of `path`, or of its nearest parent that has one."""
-        while path and path not in self.lines:
-            path = path[:-1]
-        return self.lines.get(path, 0)
-
     def error(self, path: Path_, message: str) -> ConfigError:
-        return config_error(self.source, self.line_of(path), path, message)
+        return config_error(self.source, line_of(self.lines, path), path, message)
+
+
+def line_of(lines: Mapping[Path_, int], path: Path_) -> int:
+    """The line of `path`, or of its nearest parent that has one (0 when unknown)."""
+    while path and path not in lines:
+        path = path[:-1]
+    return lines.get(path, 0)
 
 
 def config_error(source: str, line: int, path: Path_, message: str) -> ConfigError:
@@ -287,10 +288,7 @@ def build_config(
     data: Any, lines: Mapping[Path_, int], source: str, env: Mapping[str, str]
 ) -> Config:
     def error(path: Path_, message: str) -> ConfigError:
-        line = lines.get(path) or next(
-            (lines[path[:i]] for i in range(len(path), 0, -1) if path[:i] in lines), 0
-        )
-        return config_error(source, line, path, message)
+        return config_error(source, line_of(lines, path), path, message)
 
     if data is None or data == {}:
         data = {}
