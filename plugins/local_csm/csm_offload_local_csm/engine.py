@@ -26,9 +26,9 @@ from transformers.utils import logging as hf_logging
 from csm_offload import Audio, SpeechRequest, UserError, WorkerInfo
 from csm_offload.audio import CSM_SAMPLE_RATE
 
+from .options import DEFAULT_OPTIONS, EngineOptions
 from .weights import cached, looks_like_path, weights_status
 
-DEFAULT_MODEL = "sesame/csm-1b"
 #: One codec frame is 80 ms of audio (Mimi runs at 12.5 frames per second).
 FRAME_MS = 80
 #: CSM's context window: prompt tokens plus generated frames must fit in it.
@@ -43,19 +43,6 @@ class ModelLoadError(UserError):
 
 class ContextTooLong(UserError):
     """A request's prompt and audio would not fit CSM's context window."""
-
-
-@attrs.frozen
-class EngineOptions:
-    """Where the weights come from and how they run. `device`/`dtype` "auto" picks for you."""
-
-    model: str = DEFAULT_MODEL
-    device: str = "auto"
-    dtype: str = "auto"
-    #: A static KV cache (fixed shapes, so `torch.compile` does not recompile per length).
-    static_cache: bool = False
-    #: `torch.compile` the backbone and depth decoder (GPU hosts; the first batch is slow).
-    compile: bool = False
 
 
 @attrs.frozen
@@ -150,7 +137,7 @@ class CsmEngine:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, options: EngineOptions = EngineOptions()) -> CsmEngine:
+    def load(cls, options: EngineOptions = DEFAULT_OPTIONS) -> CsmEngine:
         device = pick_device(options.device)
         dtype = pick_dtype(options.dtype, device)
         hf_logging.disable_progress_bar()

@@ -26,6 +26,7 @@ from csm_offload import (
 )
 from csm_offload.errors import JobLost, Unavailable
 
+from .options import EngineOptions
 from .speed import SpeedMeter
 from .weights import weights_status
 from .worker import ParsedBatch, run_batch
@@ -38,15 +39,8 @@ PRIOR_CPU_S_PER_CHAR = 0.7
 FINISHED_TTL_S = 3600.0
 
 
-@attrs.frozen
-class LocalCsmSettings:
-    """Which weights to load and where to run them."""
-
-    model: str = "sesame/csm-1b"
-    device: str = "auto"
-    dtype: str = "auto"
-    static_cache: bool = False
-    compile: bool = False
+#: A `local_csm` target's settings are the engine's options (model, device, dtype, ...).
+LocalCsmSettings = EngineOptions
 
 
 def _engine_key(settings: LocalCsmSettings) -> tuple:
@@ -86,10 +80,9 @@ class LocalRuntime:
         """The loaded engine for these settings (loads it; call on the worker thread)."""
         key = _engine_key(settings)
         if key not in self.engines:
-            from .engine import CsmEngine, EngineOptions
+            from .engine import CsmEngine
 
-            options = EngineOptions(**attrs.asdict(settings))
-            self.engines[key] = CsmEngine.load(options)
+            self.engines[key] = CsmEngine.load(settings)
         return self.engines[key]
 
     def submit(self, settings: LocalCsmSettings, batch: list[SpeechRequest]) -> str:

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+from csm_offload_local_csm.options import DEFAULT_OPTIONS, EngineOptions
 from csm_offload_local_csm.url_outputs import BucketConfig, UrlOutputs, fit_response
 from csm_offload_local_csm.worker import parse_batch, run_batch
 
@@ -39,11 +40,7 @@ HANDLER_LIMITS = WireLimits(max_requests=16, max_body_bytes=20 * 1024 * 1024)
 
 @attrs.frozen
 class WorkerConfig:
-    model: str = "sesame/csm-1b"
-    device: str = "auto"
-    dtype: str = "auto"
-    static_cache: bool = False
-    compile: bool = False
+    engine: EngineOptions = DEFAULT_OPTIONS
     limits: WireLimits = HANDLER_LIMITS
     max_inline_bytes: int = DEFAULT_MAX_INLINE_BYTES
     bucket: BucketConfig | None = None
@@ -51,17 +48,20 @@ class WorkerConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerConfig:
         base = cls()
+        engine = EngineOptions(
+            model=env.get("CSM_OFFLOAD_MODEL", base.engine.model),
+            device=env.get("CSM_OFFLOAD_DEVICE", base.engine.device),
+            dtype=env.get("CSM_OFFLOAD_DTYPE", base.engine.dtype),
+            static_cache=env.get("CSM_OFFLOAD_STATIC_CACHE", "0").lower() in _TRUE,
+            compile=env.get("CSM_OFFLOAD_COMPILE", "0").lower() in _TRUE,
+        )
         limits = attrs.evolve(
             base.limits,
             max_requests=_int(env, "CSM_OFFLOAD_MAX_BATCH", base.limits.max_requests),
             max_text_chars=_int(env, "CSM_OFFLOAD_MAX_TEXT_CHARS", base.limits.max_text_chars),
         )
         return cls(
-            model=env.get("CSM_OFFLOAD_MODEL", base.model),
-            device=env.get("CSM_OFFLOAD_DEVICE", base.device),
-            dtype=env.get("CSM_OFFLOAD_DTYPE", base.dtype),
-            static_cache=env.get("CSM_OFFLOAD_STATIC_CACHE", "0").lower() in _TRUE,
-            compile=env.get("CSM_OFFLOAD_COMPILE", "0").lower() in _TRUE,
+            engine=engine,
             limits=limits,
             max_inline_bytes=_int(env, "CSM_OFFLOAD_MAX_INLINE_BYTES", base.max_inline_bytes),
             bucket=BucketConfig.from_env(env),
@@ -91,12 +91,9 @@ class Worker:
 
     @classmethod
     def load(cls, config: WorkerConfig) -> Worker:
-        from csm_offload_local_csm.engine import CsmEngine, EngineOptions
+        from csm_offload_local_csm.engine import CsmEngine
 
-        options = EngineOptions(
-            config.model, config.device, config.dtype, config.static_cache, config.compile
-        )
-        return cls(config, CsmEngine.load(options))
+        return cls(config, CsmEngine.load(config.engine))
 
     def handle(self, job: Mapping[str, Any]) -> dict[str, Any]:
         """One RunPod job: its `output` dict, or `{"error": ...}` for a malformed envelope."""
