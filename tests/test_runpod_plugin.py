@@ -30,6 +30,7 @@ from csm_offload import (
     ProviderError,
     Rejected,
     Result,
+    ResultUnusable,
     SpeechRequest,
     Target,
     TransientError,
@@ -180,11 +181,11 @@ def test_unfinished_and_failed_states_parse(
     data = {"id": "j", "status": state, "delayTime": delay, "executionTime": execution}
     if error is not None:
         data["error"] = error
-    if state == "COMPLETED":
-        with pytest.raises(TransientError, match="no output"):
-            status.parse_status(data, ["r"], "t")
-        return
     found = status.parse_status(data, ["r"], "t")
+    if state == "COMPLETED":
+        # Final, though unusable: a failed job (resubmitted at once), not a poll to repeat.
+        assert found.state is JobState.FAILED and "no output" in (found.error or "")
+        return
     assert found.state is status.STATES[state]
     for value, got in ((delay, found.queue_ms), (execution, found.exec_ms)):
         expected = round(value) if isinstance(value, int | float) else None
@@ -206,8 +207,12 @@ def test_completed_results_come_back_in_request_order(
     assert parsed.state is JobState.COMPLETED
     assert [r.id for r in parsed.results] == ids
     assert parsed.exec_ms == 1200
-    with pytest.raises(TransientError, match="wrong requests"):
-        status.parse_status(data, [*ids, "missing"], "t")
+    # A missing id is left out (the runner resubmits it); the others are kept.
+    partial = status.parse_status(data, [*ids, "missing"], "t")
+    assert [r.id for r in partial.results] == ids
+    # Results that are all for other requests make the job a failure, never misfiled audio.
+    foreign = status.parse_status(data, ["other"], "t")
+    assert foreign.state is JobState.FAILED and "other requests" in (foreign.error or "")
 
 
 @given(st.sampled_from(["COMPLETED", "FAILED"]), st.text(min_size=1, max_size=30))
@@ -409,10 +414,8 @@ def job_fault_outcome(sim: SimulatedRunPod, kind: str) -> Any:
 @pytest.mark.parametrize(
     ("kind", "error", "words"),
     [
-        ("no_output", TransientError, "no output"),
         ("lost", JobLost, "no longer knows"),
-        ("wrong_id", TransientError, "wrong requests"),
-        ("undecodable_audio", TransientError, "unreadable audio"),
+        ("undecodable_audio", ResultUnusable, "unreadable audio"),
     ],
 )
 def test_job_faults_map_to_typed_errors(
@@ -420,6 +423,23 @@ def test_job_faults_map_to_typed_errors(
 ) -> None:
     with pytest.raises(error, match=words):
         job_fault_outcome(sim, kind)
+
+
+@pytest.mark.parametrize(("kind", "words"), [("no_output", "no output"), ("wrong_id", "other")])
+def test_final_but_unusable_answers_are_failed_jobs(
+    sim: SimulatedRunPod, kind: str, words: str
+) -> None:
+    """Polling again cannot help: the job is over, and the runner resubmits at once."""
+    sim.inject_job(kind)
+    t = target(sim, use_runsync=False)
+
+    async def go(http: httpx.AsyncClient) -> JobStatus:
+        handle = await rp.submit(target=t, batch=batch("Hello."), http=http)
+        return await until_finished(t, handle, http)
+
+    found = run(go)
+    assert found.state is JobState.FAILED and words in (found.error or "")
+    assert found.exec_ms is not None  # what it cost is still known
 
 
 def test_failed_job_is_a_failed_status(sim: SimulatedRunPod) -> None:

@@ -9,7 +9,9 @@ from .errors import (
     JobLost,
     NoUsableTarget,
     ProviderError,
+    RateLimited,
     Rejected,
+    ResultUnusable,
     TransientError,
     Unavailable,
     UserError,
@@ -32,7 +34,7 @@ from .model import (
     WorkerInfo,
 )
 from .secret import Secret
-from .target import PriceTable, ProviderInfo, ProviderLimits, Target
+from .target import PriceTable, ProviderInfo, ProviderLimits, RateLimit, Target
 
 __version__ = "0.1.0"
 
@@ -58,8 +60,11 @@ __all__ = [
     "ProviderError",
     "ProviderInfo",
     "ProviderLimits",
+    "RateLimit",
+    "RateLimited",
     "Rejected",
     "Result",
+    "ResultUnusable",
     "Secret",
     "Segment",
     "SpeechRequest",

@@ -13,6 +13,10 @@ import time
 
 import attrs
 
+#: A Retry-After further away than this is treated as this (a misconfigured proxy should not
+#: park a run for a day); the runner's deadlines still apply.
+MAX_RETRY_AFTER_S = 3600.0
+
 
 @attrs.frozen
 class RetryPolicy:
@@ -43,25 +47,35 @@ def retry_delay(
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a `Retry-After` header: delta-seconds or an HTTP date.
 
-    Unparseable values give None (the caller then uses its own backoff), never an error."""
+    Unparseable values give None (the caller then uses its own backoff), never an error; the
+    result is never negative and never above `MAX_RETRY_AFTER_S`."""
     if value is None:
         return None
     text = value.strip()
     if not text:
         return None
+    seconds: float | None
     if text.isascii() and text.isdigit():
-        return float(int(text))
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = None
-    if seconds is not None:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+        seconds = float(int(text)) if len(text) < 20 else MAX_RETRY_AFTER_S
+    else:
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = _http_date_delay(text, time.time() if now is None else now)
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, MAX_RETRY_AFTER_S)
+
+
+def _http_date_delay(text: str, now: float) -> float | None:
     try:
         when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when is None or when.tzinfo is None:
+        # RFC 9110 dates are always GMT; a date without a zone is not one of them.
         return None
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
+    try:
+        return max(0.0, when.timestamp() - now)
+    except (OverflowError, OSError, ValueError):
+        return None

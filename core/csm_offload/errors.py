@@ -67,6 +67,17 @@ class TransientError(ProviderError):
         self.retry_after = retry_after
 
 
+class RateLimited(TransientError):
+    """Back-pressure (HTTP 429): the target is fine but wants fewer requests. It never counts
+    as a failure of the target or the batch; the runner slows down and waits `retry_after`."""
+
+
+class ResultUnusable(ProviderError):
+    """The job is over and its output cannot be used (completed without output, audio that
+    does not decode, results for other requests): polling again cannot help, so the runner
+    resubmits at once, keeping every good result the job did deliver."""
+
+
 class Unavailable(ProviderError):
     """The target cannot take work now (down, no workers, bad credentials): fail over."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import httpx
 
 from .audio import Audio
-from .errors import AudioError, Rejected, TransientError
+from .errors import AudioError, Rejected, ResultUnusable, TransientError
 from .model import AudioData, AudioUrl, Result
 from .wire import DEFAULT_LIMITS, WireLimits
 
@@ -25,11 +25,11 @@ async def result_audio(
     elif isinstance(result.audio, AudioUrl):
         data = await _fetch(result.audio.url, http, limits.max_audio_bytes)
     else:
-        raise TransientError(f"request {result.id} completed without audio")
+        raise ResultUnusable(f"request {result.id} completed without audio")
     try:
         return Audio.decode(data, limits.max_decoded_audio_bytes)
     except AudioError as exc:
-        raise TransientError(f"request {result.id} returned unreadable audio: {exc}") from None
+        raise ResultUnusable(f"request {result.id} returned unreadable audio: {exc}") from None
 
 
 async def _fetch(url: str, http: httpx.AsyncClient, max_bytes: int) -> bytes:

@@ -27,6 +27,18 @@ class PriceTable:
 
 
 @attrs.frozen
+class RateLimit:
+    """A published request limit: at most `requests` in any `window_s` seconds."""
+
+    requests: int
+    window_s: float
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.window_s
+
+
+@attrs.frozen
 class ProviderLimits:
     """Hard limits of the provider's API, checked before anything is sent."""
 
@@ -35,6 +47,10 @@ class ProviderLimits:
     max_request_bytes: int | None = None
     max_response_bytes: int | None = None
     result_ttl_s: float | None = None
+    #: Published request limits of the `submit` and `poll` calls, per target; the runner paces
+    #: itself below them from the start and learns tighter ones from 429 answers.
+    submit_rate: RateLimit | None = None
+    poll_rate: RateLimit | None = None
 
 
 @attrs.frozen
@@ -66,6 +82,9 @@ class Target:
     usd_per_second: float | None = None
     max_in_flight: int = 8
     max_batch: int = 1
+    #: True when nobody set `max_in_flight`: the runner then follows what the endpoint reports
+    #: (its workers, its queue size), starting from `max_in_flight`.
+    adaptive_in_flight: bool = False
 
     def price_per_second(self, info: ProviderInfo) -> float | None:
         """This target's price: its own override, else the provider's table for its GPU."""

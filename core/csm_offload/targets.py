@@ -79,6 +79,7 @@ def _build(spec: TargetSpec, provider: Provider, config: Config) -> Target:
         usd_per_second=usd_per_second,
         max_in_flight=in_flight,
         max_batch=max_batch,
+        adaptive_in_flight=spec.max_in_flight is None and info.remote,
     )
 
 

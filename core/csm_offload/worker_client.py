@@ -11,13 +11,15 @@ core's typed errors so the runner can decide.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import attrs
 import httpx
 
-from . import wire
-from .errors import JobLost, Rejected, TransientError, Unavailable, WireError
+from . import httpapi, wire
+from .backoff import parse_retry_after
+from .errors import JobLost, RateLimited, Rejected, TransientError, Unavailable, WireError
 from .model import BatchRequest, BatchResponse, JobState, WorkerInfo
 from .secret import Secret
 from .wire import DEFAULT_LIMITS, WireLimits
@@ -99,53 +101,52 @@ class WorkerClient:
 
     async def _send(
         self, method: str, path: str, http_timeout: float | None = None, **kwargs: Any
-    ) -> httpx.Response:
-        extra = {} if http_timeout is None else {"timeout": http_timeout}
-        try:
-            response = await self.http.request(
-                method, self.base_url + path, headers=self._headers(), **kwargs, **extra
-            )
-        except httpx.TimeoutException:
-            raise TransientError(f"worker at {self.base_url} timed out") from None
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"worker at {self.base_url}: {type(exc).__name__}") from None
-        _raise_for_status(response, self.base_url)
-        return response
+    ) -> httpapi.Answer:
+        total = httpapi.DEFAULT_TOTAL_S if http_timeout is None else http_timeout
+        answer = await httpapi.send(
+            self.http,
+            method,
+            self.base_url + path,
+            what=f"worker at {self.base_url}",
+            headers=self._headers(),
+            total_s=total,
+            max_bytes=self.limits.max_body_bytes,
+            http_timeout=None if http_timeout is None else httpx.Timeout(10.0, read=total),
+            **kwargs,
+        )
+        _raise_for_status(answer, self.base_url)
+        return answer
 
-    def _parse(self, response: httpx.Response, cls: type) -> Any:
+    def _parse(self, answer: httpapi.Answer, cls: type) -> Any:
         try:
-            return wire.loads(response.content, cls, self.limits)
+            return wire.loads(answer.body, cls, self.limits)
         except WireError as exc:
             raise TransientError(f"worker sent a malformed answer: {exc}") from None
 
 
-def _error_text(response: httpx.Response) -> str:
+def _error_text(answer: httpapi.Answer) -> str:
     try:
-        data = response.json()
+        data = json.loads(answer.body)
     except ValueError:
-        return f"HTTP {response.status_code}"
+        return f"HTTP {answer.status}"
     message = data.get("error") if isinstance(data, dict) else None
-    return str(message)[:500] if message else f"HTTP {response.status_code}"
+    return httpapi.snippet(str(message)) if message else f"HTTP {answer.status}"
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return max(0.0, float(response.headers.get("Retry-After", "")))
-    except ValueError:
-        return None
-
-
-def _raise_for_status(response: httpx.Response, where: str) -> None:
-    status = response.status_code
-    if status < 400:
+def _raise_for_status(answer: httpapi.Answer, where: str) -> None:
+    status = answer.status
+    if status < 300:
         return
-    text = f"worker at {where}: {_error_text(response)}"
+    text = f"worker at {where}: {_error_text(answer)}"
+    retry_after = parse_retry_after(answer.headers.get("retry-after"))
     if status in (401, 403):
         raise Unavailable(f"{text} (check the worker token)")
     if status == 404:
         raise JobLost(text)
-    if status in (429, 503):
-        raise TransientError(text, retry_after=_retry_after(response))
-    if 400 <= status < 500:
+    if status == 429:
+        raise RateLimited(text, retry_after=retry_after)  # its queue is full: back-pressure
+    if status >= 500 or status == 408:
+        raise TransientError(text, retry_after=retry_after)
+    if status >= 400:
         raise Rejected(text)
-    raise TransientError(text)
+    raise Unavailable(f"{text} (a redirect, not followed: the token stays on its own host)")

@@ -27,7 +27,7 @@ from csm_offload import Audio, SpeechRequest, UserError, WorkerInfo
 from csm_offload.audio import CSM_SAMPLE_RATE
 
 from .options import DEFAULT_OPTIONS, EngineOptions
-from .weights import cached, looks_like_path, weights_status
+from .weights import cached, looks_like_path, missing_directory, weights_status
 
 #: One codec frame is 80 ms of audio (Mimi runs at 12.5 frames per second).
 FRAME_MS = 80
@@ -56,7 +56,10 @@ class Generated:
 
 
 def pick_device(requested: str = "auto") -> str:
-    """CUDA, then Apple MPS, then CPU; an explicit choice is checked, never silently changed."""
+    """CUDA, then Apple MPS, then CPU; an explicit choice is checked, never silently changed.
+
+    Health predicts this choice without torch (`device.check_device`): change both together.
+    """
     if requested == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -95,7 +98,7 @@ def load_error_message(model: str, exc: BaseException) -> str:
     """One sentence that names the fix for the usual reasons a model does not load."""
     if looks_like_path(model):
         if not Path(model).expanduser().is_dir():
-            return f"model directory {model} does not exist"
+            return missing_directory(model)
         return f"cannot load CSM from the directory {model}: {type(exc).__name__}: {exc}"
     return (
         f"cannot load {model!r} from Hugging Face ({type(exc).__name__}). sesame/csm-1b is gated: "

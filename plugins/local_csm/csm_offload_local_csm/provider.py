@@ -26,6 +26,7 @@ from csm_offload import (
 )
 from csm_offload.errors import JobLost, Unavailable
 
+from .device import check_device, check_dtype
 from .options import EngineOptions
 from .speed import SpeedMeter
 from .weights import weights_status
@@ -153,11 +154,13 @@ RUNTIME = LocalRuntime()
 
 
 def seconds_per_char(settings: LocalCsmSettings) -> tuple[float, str]:
-    """This machine's measured speed, else a prior for the device the settings ask for."""
+    """This machine's measured speed, else a prior for the device the engine would run on."""
     meter = RUNTIME.meter(settings)
     if meter.measured and meter.seconds_per_char is not None:
         return meter.seconds_per_char, "measured"
-    prior = PRIOR_CPU_S_PER_CHAR if settings.device == "cpu" else PRIOR_GPU_S_PER_CHAR
+    # `auto` on a machine without a GPU runs on the CPU, about ten times slower than a GPU.
+    on_cpu = check_device(settings.device).device == "cpu"
+    prior = PRIOR_CPU_S_PER_CHAR if on_cpu else PRIOR_GPU_S_PER_CHAR
     return prior, "prior"
 
 
@@ -173,15 +176,20 @@ def estimate(target: Any, batch: list[SpeechRequest], usd_per_second: float) -> 
 
 
 def device_status(requested: str) -> tuple[bool, str]:
-    from .engine import ModelLoadError, pick_device
-
-    try:
-        return True, f"device {pick_device(requested)}"
-    except ModelLoadError as exc:
-        return False, str(exc)
+    """Is the requested device there? Answered without torch (see `device.check_device`)."""
+    check = check_device(requested)
+    return check.ok, check.detail
 
 
 def _check_health(settings: LocalCsmSettings) -> tuple[bool, str]:
+    """Packages, weights and device, all without importing torch: a cloud-only run checks the
+    health of every configured target, and torch would cost it about 700 MB and a second."""
+    rate, source = seconds_per_char(settings)
+    speed = f"{rate:.3g} s/char ({source})"
+    engine = RUNTIME.engines.get(_engine_key(settings))
+    if engine is not None:
+        return True, f"engine loaded on {getattr(engine, 'device', settings.device)}; {speed}"
+    # find_spec locates a package without importing it.
     missing = [
         name
         for name in ("torch", "torchaudio", "transformers")
@@ -189,18 +197,15 @@ def _check_health(settings: LocalCsmSettings) -> tuple[bool, str]:
     ]
     if missing:
         return False, f"{', '.join(missing)} not installed: pip install csm-offload-local-csm"
-    key = _engine_key(settings)
-    weights_ok, weights = (
-        (True, "engine loaded") if key in RUNTIME.engines else weights_status(settings.model)
-    )
+    weights_ok, weights = weights_status(settings.model)
     device_ok, device = device_status(settings.device)
-    rate, source = seconds_per_char(settings)
-    detail = f"{weights}; {device}; {rate:.3g} s/char ({source})"
-    return weights_ok and device_ok, detail
+    dtype_ok, dtype = check_dtype(settings.dtype)
+    detail = "; ".join(part for part in (weights, device, dtype, speed) if part)
+    return weights_ok and device_ok and dtype_ok, detail
 
 
 async def health(settings: LocalCsmSettings) -> Health:
-    # Importing torch takes seconds: do it on a thread, not on the event loop.
+    # The Hugging Face cache look-up and a first nvidia-smi run block: keep them off the loop.
     ok, detail = await asyncio.to_thread(_check_health, settings)
     queued = sum(1 for job in RUNTIME.jobs.values() if not job.future.done())
     return Health(ok=ok, detail=detail, queue_depth=queued, workers=1)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .options import DEFAULT_MODEL
+
 
 def looks_like_path(model: str) -> bool:
     """A directory, not a Hugging Face id ("owner/name")."""
@@ -23,14 +25,30 @@ def cached(model: str) -> bool:
         return False
 
 
+#: What to do about a `model` directory that is not there or holds no model.
+DIRECTORY_FIX = (
+    "set model to a directory that holds a saved CSM model (config.json and the weights, "
+    f"e.g. from `hf download {DEFAULT_MODEL} --local-dir DIR`) or to a Hugging Face id such as "
+    f"{DEFAULT_MODEL}"
+)
+
+
+def missing_directory(model: str) -> str:
+    """The sentence for a `model` path that is not a directory, with the fix."""
+    return f"model directory {model} does not exist: {DIRECTORY_FIX}"
+
+
 def weights_status(model: str) -> tuple[bool, str]:
     """Are the weights on this machine? Never downloads gigabytes to find out."""
     if looks_like_path(model):
         path = Path(model).expanduser()
         if not path.is_dir():
-            return False, f"model directory {model} does not exist"
+            return False, missing_directory(model)
         if not (path / "config.json").is_file():
-            return False, f"{path} has no config.json: not a saved CSM model directory"
+            return (
+                False,
+                f"{path} has no config.json, so it is not a saved CSM model: {DIRECTORY_FIX}",
+            )
         return True, f"weights in {path}"
     if cached(model):
         return True, f"{model} is in the Hugging Face cache"

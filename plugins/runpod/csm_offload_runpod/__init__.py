@@ -28,6 +28,8 @@ from csm_offload import (
     ProviderError,
     ProviderInfo,
     ProviderLimits,
+    RateLimit,
+    RateLimited,
     Rejected,
     Secret,
     SpeechRequest,
@@ -64,6 +66,10 @@ LIMITS = ProviderLimits(
     max_request_bytes=api.RUN_MAX_BYTES,  # /run; /runsync takes 20 MB
     max_response_bytes=20 * 1024 * 1024,
     result_ttl_s=30 * 60,
+    # Short jobs go to /runsync (2000 requests per 10 s); /run allows 1000 per 10 s, which the
+    # runner learns from 429s if long jobs ever come that fast. /status: 2000 per 10 s.
+    submit_rate=RateLimit(2000, 10.0),
+    poll_rate=RateLimit(2000, 10.0),
 )
 DEFAULT_GPU = "A100 80GB"
 #: JobHandle.extra keys: which route took the job, and a finished /runsync answer (raw JSON).
@@ -179,6 +185,8 @@ async def health(target: Target, http: httpx.AsyncClient) -> Health:
     settings = _settings(target)
     try:
         return await _judged_health(target, http, settings)
+    except RateLimited:
+        raise  # back-pressure says nothing about the workers: the last answer stands
     except ProviderError as exc:
         return Health(ok=False, detail=str(exc))
 
@@ -232,10 +240,10 @@ async def submit(target: Target, batch: list[SpeechRequest], http: httpx.AsyncCl
     route = _choose_route(settings, predicted, len(body), target.name)
     endpoint = settings.endpoint()
     params = None
-    limit = None
+    total_s = api.CALL_TOTAL_S
     if route == "runsync":
         wait = api.wait_ms(predicted)
-        params, limit = {"wait": str(wait)}, api.runsync_timeout(wait)
+        params, total_s = {"wait": str(wait)}, api.runsync_total_s(wait)
     submitted_at = time.time()
     data, raw = await api.call(
         http,
@@ -246,7 +254,7 @@ async def submit(target: Target, batch: list[SpeechRequest], http: httpx.AsyncCl
         target.name,
         content=body,
         params=params,
-        limit=limit,
+        total_s=total_s,
     )
     job_id = job_id_of(data, target.name)
     extra = {EXTRA_ROUTE: route}

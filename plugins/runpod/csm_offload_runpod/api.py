@@ -1,7 +1,8 @@
 """The HTTP calls to a RunPod serverless endpoint, each answer checked and mapped to typed errors.
 
 Every call goes through `call`, on the core's shared client, with the key in the
-Authorization header and redirects never followed (so the key never reaches another host).
+Authorization header, redirects never followed (so the key never reaches another host), a
+total time bound and a bound on the decoded body (`csm_offload.httpapi`).
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from typing import Any
 
 import httpx
 
-from csm_offload import TransientError, WireError, wire
+from csm_offload import httpapi
 
-from .errors import error_for_response, error_for_transport
+from .errors import error_for_status
 
 #: RunPod's request-body limits (bytes).
 RUN_MAX_BYTES = 10 * 1024 * 1024
@@ -20,8 +21,12 @@ RUNSYNC_MAX_BYTES = 20 * 1024 * 1024
 #: `?wait=` bounds RunPod accepts on /runsync (ms).
 MIN_WAIT_MS = 1_000
 MAX_WAIT_MS = 300_000
-#: Bound on a response body we parse (a status carries the audio of a whole batch).
-_RESPONSE_LIMITS = wire.WireLimits(max_body_bytes=64 * 1024 * 1024)
+#: Bound on a response body we read (a status carries the audio of a whole batch).
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+#: Seconds a call that does not wait on purpose may take, body included.
+CALL_TOTAL_S = 60.0
+#: Seconds added to a /runsync wait for the network and RunPod's own answer.
+_WAIT_SLACK_S = 15.0
 
 
 def headers(api_key: str, body: bool = False) -> dict[str, str]:
@@ -40,29 +45,36 @@ async def call(
     target: str,
     content: bytes | None = None,
     params: dict[str, str] | None = None,
-    limit: httpx.Timeout | None = None,
+    total_s: float = CALL_TOTAL_S,
 ) -> tuple[Any, bytes]:
     """One request: (parsed JSON, raw body) of a 2xx answer, or the typed error raised."""
-    extra: dict[str, Any] = {} if limit is None else {"timeout": limit}
-    try:
-        response = await http.request(
-            method,
-            url,
-            content=content,
-            params=params,
-            headers=headers(api_key, body=content is not None),
-            follow_redirects=False,
-            **extra,
-        )
-    except httpx.HTTPError as exc:
-        raise error_for_transport(exc, route, target) from None
-    error = error_for_response(response, route, target)
+    what = f"RunPod {route}"
+    answer = await httpapi.send(
+        http,
+        method,
+        url,
+        what=what,
+        target=target,
+        headers=headers(api_key, body=content is not None),
+        content=content,
+        params=params,
+        total_s=total_s,
+        max_bytes=MAX_RESPONSE_BYTES,
+        http_timeout=_timeout(total_s),
+    )
+    error = error_for_status(
+        answer.status, answer.headers, answer.body, route, target, answer.reason
+    )
     if error is not None:
         raise error
-    try:
-        return wire.parse_json(response.content, _RESPONSE_LIMITS), response.content
-    except WireError as exc:
-        raise TransientError(f"RunPod {route} answered with {exc}", target=target) from None
+    return answer.json(what, target, MAX_RESPONSE_BYTES), answer.body
+
+
+def _timeout(total_s: float) -> httpx.Timeout | None:
+    """A long-poll waits silently on purpose: its inactivity timeout must outlast the wait."""
+    if total_s <= CALL_TOTAL_S:
+        return None
+    return httpx.Timeout(10.0, read=total_s)
 
 
 def run_body(batch_json: bytes) -> bytes:
@@ -76,6 +88,6 @@ def wait_ms(predicted_s: float) -> int:
     return max(MIN_WAIT_MS, min(MAX_WAIT_MS, wanted))
 
 
-def runsync_timeout(wait: int) -> httpx.Timeout:
+def runsync_total_s(wait: int) -> float:
     """The client must wait a little longer than the server holds the connection."""
-    return httpx.Timeout(10.0, read=wait / 1000 + 15.0)
+    return wait / 1000 + _WAIT_SLACK_S

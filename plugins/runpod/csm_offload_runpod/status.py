@@ -79,7 +79,10 @@ def parse_status(
         error = _error_text(_handler_error(output)) or "the handler returned an error"
         return JobStatus(JobState.FAILED, error=error, queue_ms=queue_ms, exec_ms=exec_ms)
     if state is JobState.COMPLETED:
-        results = _results(data, request_ids, target, limits)
+        results, unusable = _results(data, request_ids, limits)
+        if unusable is not None:
+            # Final, though unusable: polling again would bring the same answer.
+            return JobStatus(JobState.FAILED, error=unusable, queue_ms=queue_ms, exec_ms=exec_ms)
         return JobStatus(state, results=results, queue_ms=queue_ms, exec_ms=exec_ms)
     error = None
     if state in (JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED):
@@ -97,40 +100,32 @@ def _handler_error(output: Any) -> Any:
 
 
 def _results(
-    data: Mapping[str, Any],
-    request_ids: Sequence[str],
-    target: str,
-    limits: wire.WireLimits | None,
-) -> tuple[Result, ...]:
+    data: Mapping[str, Any], request_ids: Sequence[str], limits: wire.WireLimits | None
+) -> tuple[tuple[Result, ...], str | None]:
+    """The results of a completed job, or why its output cannot be used."""
     output = data.get("output")
     if output is None:
         # A known RunPod trap: the worker finished but its result upload failed.
-        raise TransientError(
-            "RunPod says COMPLETED but sent no output (the worker's result upload failed?)",
-            target=target,
-        )
+        return (), "RunPod says COMPLETED but sent no output (the worker's result upload failed?)"
     try:
         response = wire.structure(output, BatchResponse, limits or wire.DEFAULT_LIMITS)
     except WireError as exc:
-        message = f"RunPod output is not a csm-offload response: output.{exc}"
-        raise TransientError(message, target=target) from None
-    return in_request_order(response.results, request_ids, target)
+        return (), f"RunPod output is not a csm-offload response: output.{exc}"
+    results = in_request_order(response.results, request_ids)
+    if response.results and not results:
+        got = ", ".join(r.id for r in response.results[:4])
+        return (), f"RunPod output answers other requests than this job's (got {got})"
+    return results, None
 
 
-def in_request_order(
-    results: Sequence[Result], request_ids: Sequence[str], target: str
-) -> tuple[Result, ...]:
-    """The results for `request_ids`, in that order; any missing, extra or foreign id is an
-    error (audio for another request must never be filed under this one)."""
-    by_id = {r.id: r for r in results}
-    if len(by_id) != len(results) or sorted(by_id) != sorted(request_ids):
-        expected = ", ".join(request_ids) or "none"
-        got = ", ".join(r.id for r in results) or "none"
-        raise TransientError(
-            f"RunPod output answers the wrong requests: expected {expected}; got {got}",
-            target=target,
-        )
-    return tuple(by_id[i] for i in request_ids)
+def in_request_order(results: Sequence[Result], request_ids: Sequence[str]) -> tuple[Result, ...]:
+    """The results for `request_ids`, in that order. Results for other ids are dropped (audio
+    for another request must never be filed under this one), a duplicated id counts once, and
+    a missing id is left out: the runner resubmits what a job did not deliver."""
+    by_id: dict[str, Result] = {}
+    for result in results:
+        by_id.setdefault(result.id, result)
+    return tuple(by_id[i] for i in request_ids if i in by_id)
 
 
 @attrs.frozen
