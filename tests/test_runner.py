@@ -94,8 +94,22 @@ def test_batches_up_to_max_batch(plugins: Plugins, tmp_path: Path) -> None:
             make_router(plugins, ONE.format(batch=4, in_flight=8)), requests, tmp_path / "j"
         )
     assert_all_ok(result, requests)
-    assert a.calls["submit"] == 3
-    assert sorted(len(job.batch) for job in a.jobs.values()) == [2, 4, 4]
+    # 10 requests over 8 job slots: batches of ceil(10 / 8) = 2, so no slot starves.
+    assert a.calls["submit"] == 5
+    assert sorted(len(job.batch) for job in a.jobs.values()) == [2] * 5
+
+
+def test_batches_fill_up_when_there_is_work_for_every_slot(
+    plugins: Plugins, tmp_path: Path
+) -> None:
+    a = ScriptedProvider("cloud_a")
+    requests = requests_for(40)
+    with registered_all(plugins, a=a):
+        result = run(
+            make_router(plugins, ONE.format(batch=4, in_flight=8)), requests, tmp_path / "j"
+        )
+    assert_all_ok(result, requests)
+    assert sorted(len(job.batch) for job in a.jobs.values()) == [4] * 10
 
 
 def test_in_flight_cap_is_respected(plugins: Plugins, tmp_path: Path) -> None:

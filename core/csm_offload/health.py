@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from .errors import CsmOffloadError
+from .errors import CsmOffloadError, RateLimited
 from .model import Health
 from .plugins import Provider
 from .target import Target
@@ -45,6 +45,10 @@ class HealthCache:
             health = await asyncio.wait_for(provider.health(target, http), timeout_s)
             if not isinstance(health, Health):
                 health = Health(ok=False, detail="health hook returned no Health")
+        except RateLimited:
+            # Back-pressure says nothing about the workers: the last answer stands.
+            known = self._health.get(target.name)
+            return known if known is not None else Health(ok=True, detail="rate limited")
         except TimeoutError:
             health = Health(ok=False, detail=f"health check took over {timeout_s:g} s")
         except (CsmOffloadError, httpx.HTTPError) as exc:

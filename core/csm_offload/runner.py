@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import httpx
@@ -27,20 +28,26 @@ from . import journal as jr
 from .audio import Audio
 from .backoff import RetryPolicy, retry_delay
 from .breaker import Breakers, BreakerState
+from .capacity import Capacity, in_flight_for
 from .errors import (
     BudgetExceeded,
     CsmOffloadError,
     JobLost,
     ProviderError,
+    RateLimited,
     Rejected,
+    ResultUnusable,
     TransientError,
     Unavailable,
     WireError,
 )
 from .journal import JobRow, Journal
+from .liveness import Liveness, Overtaking
 from .model import JobHandle, JobState, JobStatus, SpeechRequest
+from .pacing import Pacers
 from .router import Choice, Plan, RouteOptions, Router
 from .speed import SpeedBook
+from .target import RateLimit
 
 
 @attrs.frozen
@@ -69,6 +76,10 @@ class RunnerSettings:
     #: Times a target's breaker may open without a success in between before batches stop
     #: waiting for it.
     breaker_give_up: int = 4
+    #: When a queued job is stuck and when a target that stopped answering is given up.
+    liveness: Liveness = attrs.field(factory=Liveness)
+    #: Seconds a job orphaned by a dead target is still watched for a late result.
+    orphan_poll_s: float = 10.0
 
 
 @attrs.frozen
@@ -152,6 +163,15 @@ class _Attempt(Exception):
         self.blame = blame
 
 
+class _DecodeFailed(Exception):
+    """A provider's decode raised or returned unusable audio."""
+
+
+class _Orphaned(_Attempt):
+    """The target stopped answering while this job was in flight: fail over at once, and keep
+    watching the job in the background for a result that was paid for."""
+
+
 @attrs.frozen
 class _Hold:
     """Money held against the budget for one job: its estimate, and the amount held."""
@@ -188,7 +208,10 @@ class Runner:
         self.rng = rng or random.Random()
         self.breakers: Breakers = router.breakers
         self.speeds: SpeedBook = router.speeds
-        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._slots: dict[str, Capacity] = {}
+        self.pacers = Pacers()
+        self._overtaking: dict[str, Overtaking] = {}
+        self._orphans: set[asyncio.Task[None]] = set()
         self._done = 0
         self._cached = 0
         self._outcomes: dict[str, Outcome] = {}
@@ -224,6 +247,7 @@ class Runner:
             await self._run_pending(pending, plan)
         finally:
             await health.stop()
+            await self._stop_orphans()
         return RunResult(
             plan=plan,
             outcomes={r.id: self._outcomes[r.id] for r in unique},
@@ -253,11 +277,20 @@ class Runner:
             mine = [by_id.pop(rid) for rid in row.request_ids if rid in by_id]
             if mine:
                 tasks.append(self._reattach(row, mine, plan))
-        batch_size = plan.first.target.max_batch
-        rest = list(by_id.values())
-        for start in range(0, len(rest), batch_size):
-            tasks.append(self._batch(_Batch(rest[start : start + batch_size]), plan))
+        # Longest first: the run's tail is then made of short jobs (and batches hold texts of
+        # similar length, which pad less on the GPU).
+        rest = sorted(by_id.values(), key=lambda r: len(r.text), reverse=True)
+        size = self._batch_size(plan, len(rest))
+        for start in range(0, len(rest), size):
+            tasks.append(self._batch(_Batch(rest[start : start + size]), plan))
         await asyncio.gather(*tasks)
+
+    def _batch_size(self, plan: Plan, pending: int) -> int:
+        """Up to the target's `max_batch`, but small enough that every job slot gets a job:
+        larger batches would leave workers idle while a few do all the work."""
+        target = plan.first.target
+        slots = in_flight_for(target, self.router.health.get(target.name))
+        return max(1, min(target.max_batch, math.ceil(pending / slots)))
 
     # --- one batch ------------------------------------------------------------------------
 
@@ -318,10 +351,39 @@ class Runner:
         )
         return f"every candidate failed: {tried}"
 
+    def _slot(self, choice: Choice) -> Capacity:
+        """The target's in-flight limiter, its limit following the latest health answer."""
+        target = choice.target
+        limit = in_flight_for(target, self.router.health.get(target.name))
+        slot = self._slots.get(target.name)
+        if slot is None:
+            slot = self._slots[target.name] = Capacity(limit)
+        elif slot.limit != limit:
+            slot.resize(limit)
+        return slot
+
+    async def _pace(self, choice: Choice, call: str, limit: RateLimit | None) -> None:
+        """Wait for this call's turn under the target's pace (published limits, 429s)."""
+        pacer = self.pacers.of(choice.target.name, call, limit)
+        while True:
+            wait = pacer.reserve()
+            if wait <= 0:
+                return
+            await self._sleep(wait)
+            if not pacer.paused():
+                return
+
+    def _rate_limited(self, choice: Choice, call: str, exc: RateLimited) -> float:
+        limits = choice.provider.info.limits
+        limit = limits.submit_rate if call == "submit" else limits.poll_rate
+        wait = self.pacers.of(choice.target.name, call, limit).rate_limited(exc.retry_after)
+        self._emit("rate-limited", None, choice.target.name, f"{call}: waiting {wait:.1f} s")
+        return wait
+
     async def _attempt(self, choice: Choice, part: list[SpeechRequest], batch: _Batch) -> None:
         target = choice.target
         breaker = self.breakers.of(target.name)
-        slot = self._slots.setdefault(target.name, asyncio.Semaphore(target.max_in_flight))
+        slot = self._slot(choice)
         batch.last_target = target.name
         probe = False
         try:
@@ -336,6 +398,9 @@ class Runner:
                 self._in_flight += 1
                 try:
                     status = await self._follow(choice, handle, key, part, (sent, time.monotonic()))
+                except _Orphaned:
+                    self._watch_later(choice, handle, key, part, reserved)
+                    raise
                 finally:
                     self._in_flight -= 1
             # The provider's work is over: the slot goes to the next batch while this one
@@ -362,7 +427,7 @@ class Runner:
         reserved = self._reserve(target.name, estimate)
         key = self.journal.begin_job(target.name, choice.quality, [r.id for r in part], estimate)
         try:
-            handle = await self._call(provider.submit(target, part, self.http))
+            handle = await self._submit_paced(choice, part)
         except Rejected as exc:
             self.journal.job_finished(key, jr.FAILED, actual_usd=0.0, error=str(exc))
             self._committed -= reserved.amount
@@ -379,6 +444,21 @@ class Runner:
         self.journal.job_submitted(key, handle)
         self._emit("submitted", part[0].id, target.name, f"{len(part)} requests")
         return key, handle, reserved
+
+    async def _submit_paced(self, choice: Choice, part: list[SpeechRequest]) -> JobHandle:
+        """Submit at the target's pace; a 429 means "later", never "failed": the same
+        submission waits its turn and goes again."""
+        limit = choice.provider.info.limits.submit_rate
+        pacer = self.pacers.of(choice.target.name, "submit", limit)
+        while True:
+            await self._pace(choice, "submit", limit)
+            try:
+                handle = await self._call(choice.provider.submit(choice.target, part, self.http))
+            except RateLimited as exc:
+                self._rate_limited(choice, "submit", exc)
+                continue
+            pacer.ok()
+            return handle  # type: ignore[return-value]
 
     def _rejected(self, part: list[SpeechRequest], batch: _Batch, message: str) -> None:
         """A refusal is for good: split a batch to find the culprit, fail a single request."""
@@ -459,7 +539,10 @@ class Runner:
         target, provider = choice.target, choice.provider
         first = self._first_poll(target.name, chars)
         blind = self.speeds.of(target.name).predict(chars) is None
+        limit = provider.info.limits.poll_rate
+        pacer = self.pacers.of(target.name, "poll", limit)
         polls = errors = 0
+        failing_since: float | None = None
         while True:
             if next_at >= self._deadline:
                 await self._cancel(choice, handle, key, "the run's deadline passed")
@@ -472,9 +555,17 @@ class Runner:
                 if planned > time.monotonic() + 0.001:
                     next_at = planned
                     continue
+            await self._pace(choice, "poll", limit)
             try:
                 status = await self._call(provider.poll(target, handle, self.http))
+            except RateLimited as exc:
+                next_at = time.monotonic() + self._rate_limited(choice, "poll", exc)
+                continue
             except (JobLost, Rejected) as exc:
+                self.journal.job_finished(key, jr.FAILED, error=_describe(exc))
+                raise _Attempt(_describe(exc)) from None
+            except ResultUnusable as exc:
+                # Over, and nothing usable came of it: resubmit now, not after a backoff.
                 self.journal.job_finished(key, jr.FAILED, error=_describe(exc))
                 raise _Attempt(_describe(exc)) from None
             except Unavailable as exc:
@@ -485,26 +576,71 @@ class Runner:
                 raise _Attempt(f"unavailable: {exc}") from None
             except (ProviderError, WireError, httpx.HTTPError, TimeoutError) as exc:
                 errors += 1
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                predicted = self.speeds.of(target.name).predict(chars)
+                if now - failing_since >= self.settings.liveness.dead_after(predicted):
+                    raise self._orphan(choice, f"stopped answering: {_describe(exc)}") from None
                 if errors > self.settings.max_poll_errors:
                     await self._cancel(choice, handle, key, f"polling kept failing: {exc}")
                     raise _Attempt(f"polling kept failing: {_describe(exc)}") from None
                 retry_after = exc.retry_after if isinstance(exc, TransientError) else None
-                next_at = time.monotonic() + max(
+                next_at = now + max(
                     self.settings.poll_min_s,
                     retry_delay(errors, retry_after, self.settings.retry, self.rng),
                 )
                 continue
             assert isinstance(status, JobStatus)
+            pacer.ok()
+            errors, failing_since = 0, None
             if polls == 0 and not blind:
                 self.speeds.of(target.name).first_poll_was(
                     status.state.finished, self.settings.poll_margin_s, 0.25 * first
                 )
             if status.state.finished:
                 self._observe(target.name, chars, started, status)
+                self._overtaken(target.name).finish(handle.submitted_at)
                 return status
-            errors = 0
+            if status.state is JobState.QUEUED:
+                unstuck = await self._unstick(choice, handle, key, chars, started)
+                if unstuck is not None:
+                    return unstuck
             polls += 1
             next_at = self._next_poll(target.name, chars, started, polls, pilot)
+
+    def _overtaken(self, target: str) -> Overtaking:
+        return self._overtaking.setdefault(target, Overtaking())
+
+    async def _unstick(
+        self, choice: Choice, handle: JobHandle, key: int, chars: int, started: float
+    ) -> JobStatus | None:
+        """A job queued far longer than its target needs while later jobs finish is stuck:
+        cancel it (queued, it costs nothing) and resubmit. If the cancel loses the race and
+        the job has finished after all, its status is returned and its result kept."""
+        speed = self.speeds.of(choice.target.name)
+        queued_s = time.monotonic() - started
+        overtaken = self._overtaken(choice.target.name).after(handle.submitted_at)
+        if not self.settings.liveness.stuck(
+            queued_s, speed.queue_s, speed.predict(chars), overtaken
+        ):
+            return None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(choice.provider.cancel(choice.target, handle, self.http), 10.0)
+        with contextlib.suppress(Exception):
+            status = await asyncio.wait_for(
+                choice.provider.poll(choice.target, handle, self.http), 10.0
+            )
+            if isinstance(status, JobStatus) and status.state is JobState.COMPLETED:
+                return status
+        why = f"stuck: queued {queued_s:.0f} s while {overtaken} later jobs finished"
+        self.journal.job_finished(key, jr.FAILED, error=f"cancelled: {why}")
+        raise _Attempt(why, blame=False)
+
+    def _orphan(self, choice: Choice, why: str) -> _Orphaned:
+        """The target stopped answering: its job fails over now and is watched for a late
+        result in the background (see `_watch`)."""
+        self.breakers.of(choice.target.name).trip(why)
+        return _Orphaned(why)
 
     async def _wait_for_poll(self, target: str, when: float) -> bool:
         """Sleep until `when`; before the target's first measurement, wake early when it comes
@@ -591,8 +727,10 @@ class Runner:
                 queue_ms=status.queue_ms,
                 error=status.error or status.state.value,
             )
+            # The job is over: waiting would not change its answer, so resubmit at once (the
+            # batch's retry count and the breaker still bound how often).
             message = f"job {status.state.value}: {status.error or 'no detail'}"
-            raise _Attempt(message, self._backoff(choice, batch))
+            raise _Attempt(message)
         done, failed = await self._store(choice, key, status, part, also)
         self.journal.job_finished(
             key,
@@ -610,7 +748,11 @@ class Runner:
                 self._fail_all([r for r in part if r.id == request_id], error)
                 batch.requests = [r for r in batch.requests if r.id != request_id]
         if failed and not done:
-            raise _Attempt(next(iter(failed.values())), self._backoff(choice, batch))
+            # Worker errors may be the worker's state: back off. Missing or unreadable
+            # results are final answers: resubmit at once.
+            worker = any(e.startswith("worker error") for e in failed.values())
+            delay = self._backoff(choice, batch) if worker else 0.0
+            raise _Attempt(next(iter(failed.values())), delay)
 
     def _backoff(self, choice: Choice, batch: _Batch) -> float:
         attempt = batch.failures[choice.target.name]
@@ -637,26 +779,20 @@ class Runner:
         extra = [r for r in status.results if r.id in also - wanted and r.error is None]
         if not good:
             return set(), failed
-        try:
-            decoded = await self._call(
-                choice.provider.decode(
-                    choice.target, attrs.evolve(status, results=good + extra), self.http
-                )
-            )
-        except (CsmOffloadError, httpx.HTTPError, TimeoutError) as exc:
-            failed.update({r.id: f"decode failed: {_describe(exc)}" for r in good})
+        audios, broken = await self._decode(choice, status, good + extra)
+        failed.update({rid: why for rid, why in broken.items() if rid in wanted})
+        keep = [(r, a) for r, a in zip(good + extra, audios, strict=True) if a is not None]
+        if not keep:
             return set(), failed
-        audios = list(decoded) if isinstance(decoded, list | tuple) else []
-        if len(audios) != len(good) + len(extra) or not all(_sane(a) for a in audios):
-            failed.update({r.id: "decode returned wrong or unreadable audio" for r in good})
-            return set(), failed
+        good_extra = [r for r, _a in keep]
+        audios = [a for _r, a in keep]
         # Encoding and hashing run in worker threads (libsndfile releases the GIL); the rows
         # are written here, on the loop's thread, which owns the database connection.
         shas = await asyncio.gather(
             *(asyncio.to_thread(self.journal.put_audio, audio) for audio in audios)
         )
         done = set()
-        for result, audio, sha in zip(good + extra, audios, shas, strict=True):
+        for result, audio, sha in zip(good_extra, audios, shas, strict=True):
             stored = self.journal.record_result(
                 result.id, choice.quality, choice.target.name, key, sha, audio.duration_ms
             )
@@ -668,6 +804,110 @@ class Runner:
             self._emit("completed", result.id, choice.target.name)
         return done, failed
 
+    async def _decode(
+        self, choice: Choice, status: JobStatus, results: list[Any]
+    ) -> tuple[list[Audio | None], dict[str, str]]:
+        """Decode all results at once; if that fails, one by one, so that one bad result does
+        not cost the good ones of its batch. Returns the audio (None where it failed) and why
+        each failed result failed."""
+        try:
+            return await self._decode_all(choice, status, results), {}
+        except _DecodeFailed as exc:
+            if len(results) == 1:
+                return [None], {results[0].id: str(exc)}
+        audios: list[Audio | None] = []
+        broken: dict[str, str] = {}
+        for result in results:
+            try:
+                audios.extend(await self._decode_all(choice, status, [result]))
+            except _DecodeFailed as exc:
+                audios.append(None)
+                broken[result.id] = str(exc)
+        return audios, broken
+
+    async def _decode_all(
+        self, choice: Choice, status: JobStatus, results: list[Any]
+    ) -> list[Audio]:
+        try:
+            decoded = await self._call(
+                choice.provider.decode(
+                    choice.target, attrs.evolve(status, results=results), self.http
+                )
+            )
+        except (CsmOffloadError, httpx.HTTPError, TimeoutError) as exc:
+            raise _DecodeFailed(f"decode failed: {_describe(exc)}") from None
+        audios = list(decoded) if isinstance(decoded, list | tuple) else []
+        if len(audios) != len(results) or not all(_sane(a) for a in audios):
+            raise _DecodeFailed("decode returned wrong or unreadable audio")
+        return audios
+
+    # --- jobs whose target stopped answering --------------------------------------------------
+
+    def _watch_later(
+        self, choice: Choice, handle: JobHandle, key: int, part: list[SpeechRequest], hold: _Hold
+    ) -> None:
+        task = asyncio.create_task(self._watch(choice, handle, key, part, hold))
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
+
+    async def _watch(
+        self, choice: Choice, handle: JobHandle, key: int, part: list[SpeechRequest], hold: _Hold
+    ) -> None:
+        """Poll a job whose target stopped answering, slowly, while the run lasts: a result
+        that arrives was paid for, so it is stored (and used if the copy has not finished).
+        A job still unfinished when the run ends stays in the journal for the next run."""
+        delay = self.settings.orphan_poll_s
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                status = await asyncio.wait_for(
+                    choice.provider.poll(choice.target, handle, self.http), 30.0
+                )
+            except (JobLost, Rejected, ResultUnusable) as exc:
+                self.journal.job_finished(key, jr.FAILED, error=_describe(exc))
+                self._committed -= hold.amount
+                return
+            except Exception:
+                delay = min(60.0, delay * 1.5)
+                continue
+            if not isinstance(status, JobStatus) or not status.state.finished:
+                continue
+            await self._keep_late(choice, handle, key, status, part, hold)
+            return
+
+    async def _keep_late(
+        self,
+        choice: Choice,
+        handle: JobHandle,
+        key: int,
+        status: JobStatus,
+        part: list[SpeechRequest],
+        hold: _Hold,
+    ) -> None:
+        actual = self._actual_cost(choice, status)
+        self._settle(choice.target.name, hold, actual, status)
+        done: set[str] = set()
+        if status.state is JobState.COMPLETED:
+            done, _failed = await self._store(
+                choice, key, status, part, frozenset(handle.request_ids)
+            )
+        state = jr.COMPLETED if done else jr.FAILED
+        error = None if done else (status.error or status.state.value)
+        self.journal.job_finished(
+            key,
+            state,
+            actual_usd=actual,
+            exec_ms=status.exec_ms,
+            queue_ms=status.queue_ms,
+            error=error,
+        )
+        self._emit("late-result", part[0].id, choice.target.name, f"{len(done)} kept")
+
+    async def _stop_orphans(self) -> None:
+        for task in list(self._orphans):
+            task.cancel()
+        await asyncio.gather(*self._orphans, return_exceptions=True)
+
     # --- re-attaching jobs of a run that died -------------------------------------------------
 
     async def _reattach(self, row: JobRow, mine: list[SpeechRequest], plan: Plan) -> None:
@@ -678,9 +918,7 @@ class Runner:
             self.journal.job_finished(row.key, jr.ABANDONED, error="target no longer usable")
             await self._batch(batch, plan)
             return
-        slot = self._slots.setdefault(
-            choice.target.name, asyncio.Semaphore(choice.target.max_in_flight)
-        )
+        slot = self._slot(choice)
         self._emit("reattached", mine[0].id, row.target, f"job {row.handle.job_id}")
         part = [r for r in mine]
         try:
@@ -688,6 +926,9 @@ class Runner:
                 self._in_flight += 1
                 try:
                     status = await self._follow(choice, row.handle, row.key, part)
+                except _Orphaned:
+                    self._watch_later(choice, row.handle, row.key, part, _Hold(0.0, 0.0))
+                    raise
                 finally:
                     self._in_flight -= 1
             also = frozenset(row.request_ids)
@@ -752,6 +993,9 @@ class Runner:
                 self._emit("failed", request.id, None, error)
 
     def _succeed(self, outcome: Outcome) -> None:
+        known = self._outcomes.get(outcome.request_id)
+        if known is not None and known.ok:
+            return  # a late copy of work already done (see `_watch`)
         self._outcomes[outcome.request_id] = outcome
         self._done += 1
         self._cached += outcome.cached
