@@ -51,7 +51,9 @@ def _empty_flac_rate(data: bytes) -> int | None:
 
 def _as_mono_float32(samples: Any) -> np.ndarray:
     array = np.asarray(samples, dtype=np.float32)
-    if array.ndim == 2:  # (frames, channels), as soundfile reads it
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    elif array.ndim == 2:  # (frames, channels), as soundfile reads it
         array = array.mean(axis=1, dtype=np.float32)
     if array.ndim != 1:
         raise AudioError(f"audio must be mono or (frames, channels); got shape {array.shape}")
@@ -71,6 +73,10 @@ class Audio:
 
     samples: np.ndarray = attrs.field(converter=_as_mono_float32)
     sample_rate: int = attrs.field()
+    #: The 16-bit mono FLAC these samples were decoded from, if any: encoding them again
+    #: would give the same samples, so `encode("flac")` returns these bytes instead (it is
+    #: the largest part of the client's CPU per job otherwise). Never part of equality.
+    source_flac: bytes | None = attrs.field(default=None, kw_only=True, repr=False)
 
     @sample_rate.validator
     def _valid_rate(self, _attribute: attrs.Attribute, value: int) -> None:
@@ -143,6 +149,8 @@ class Audio:
         """
         if fmt not in FORMATS:
             raise AudioError(f"audio format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        if fmt == "flac" and self.source_flac is not None:
+            return self.source_flac
         if fmt == "flac" and self.frames == 0:
             return _empty_flac(self.sample_rate)
         buffer = io.BytesIO()
@@ -180,7 +188,8 @@ class Audio:
             samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as exc:
             raise AudioError(f"audio data is corrupt ({exc})") from None
-        return cls(samples, int(rate))
+        keep = info.format == "FLAC" and info.subtype == _SUBTYPE and info.channels == 1
+        return cls(samples, int(rate), source_flac=bytes(data) if keep else None)
 
     @classmethod
     def from_torch(cls, tensor: Any, sample_rate: int) -> Audio:

@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE INDEX IF NOT EXISTS jobs_target_state ON jobs(target, state, key);
 CREATE TABLE IF NOT EXISTS job_requests (
     job_key INTEGER NOT NULL REFERENCES jobs(key),
     request_id TEXT NOT NULL,
@@ -111,6 +112,116 @@ class JobRow:
     handle: JobHandle | None
     estimated_usd: float
     actual_usd: float | None
+
+
+@attrs.frozen
+class FinishedJob:
+    """What one completed job measured: the material cost truth is learnt from."""
+
+    target: str
+    #: Characters of the job's requests, together.
+    chars: int
+    exec_ms: int
+    queue_ms: int | None
+    estimated_usd: float
+    actual_usd: float | None
+    created_at: float
+
+
+#: Completed jobs of one target with a measured execution time, newest first. The characters
+#: are summed through `job_requests` (indexed by job) so no JSON is parsed per row.
+_FINISHED_SQL = f"""
+SELECT j.target,
+       (SELECT COALESCE(SUM(r.chars), 0) FROM job_requests jr
+        JOIN requests r ON r.id = jr.request_id WHERE jr.job_key = j.key),
+       j.exec_ms, j.queue_ms, j.estimated_usd, j.actual_usd, j.created_at
+FROM jobs j
+WHERE j.target = ? AND j.state = '{COMPLETED}' AND j.exec_ms IS NOT NULL
+ORDER BY j.key DESC LIMIT ?
+"""
+
+#: Jobs that ran and were priced (exec_ms and actual_usd known), summed per target and run.
+#: Submissions refused before running (actual 0, no exec_ms) are left out: nothing ran, so
+#: they say nothing about the estimate.
+_PRICED_SQL = """
+SELECT target, run_id, COUNT(*), SUM(estimated_usd), SUM(actual_usd)
+FROM jobs WHERE exec_ms IS NOT NULL AND actual_usd IS NOT NULL
+GROUP BY target, run_id ORDER BY MAX(key)
+"""
+
+
+def _finished_jobs(db: sqlite3.Connection, target: str | None, limit: int) -> list[FinishedJob]:
+    if target is None:
+        names = [
+            row[0]
+            for row in db.execute(
+                "SELECT DISTINCT target FROM jobs WHERE state = ? ORDER BY target", (COMPLETED,)
+            )
+        ]
+    else:
+        names = [target]
+    found: list[FinishedJob] = []
+    for name in names:
+        rows = db.execute(_FINISHED_SQL, (name, max(0, limit))).fetchall()
+        found += [FinishedJob(*row) for row in rows]
+    return found
+
+
+@attrs.frozen
+class Priced:
+    """Jobs that ran and were priced, with what was estimated and what was paid for them."""
+
+    jobs: int = 0
+    estimated_usd: float = 0.0
+    actual_usd: float = 0.0
+
+    def __add__(self, other: Priced) -> Priced:
+        return Priced(
+            self.jobs + other.jobs,
+            self.estimated_usd + other.estimated_usd,
+            self.actual_usd + other.actual_usd,
+        )
+
+
+@attrs.frozen
+class TargetPricing:
+    """One target's estimates against its actual costs: over all runs, and its latest run."""
+
+    target: str
+    all_runs: Priced
+    last_run_id: str
+    last_run: Priced
+
+
+def _priced_by_target(db: sqlite3.Connection) -> list[TargetPricing]:
+    found: dict[str, TargetPricing] = {}
+    # Runs come oldest first, so each target's last row is its latest run.
+    for target, run_id, jobs, estimated, actual in db.execute(_PRICED_SQL):
+        run = Priced(int(jobs), float(estimated), float(actual))
+        before = found.get(target)
+        total = run if before is None else before.all_runs + run
+        found[target] = TargetPricing(target, total, run_id, run)
+    return [found[name] for name in sorted(found)]
+
+
+def read_finished_jobs(
+    path: str | os.PathLike[str], target: str | None = None, limit: int = 500
+) -> list[FinishedJob]:
+    """`Journal.finished_jobs` of the journal at `path`, opened read-only: never creates,
+    migrates or locks it, so `estimate` may look while a run writes. A missing or unreadable
+    journal has no finished jobs."""
+    if not Path(path).is_file():
+        return []
+    try:
+        db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error:
+        return []
+    try:
+        return _finished_jobs(db, target, limit)
+    except sqlite3.Error:
+        return []
+    finally:
+        db.close()
 
 
 def _handle_json(handle: JobHandle) -> str:
@@ -397,6 +508,16 @@ class Journal:
             if actual is not None:
                 entry["actual_usd"] = float(entry["actual_usd"]) + float(actual)  # type: ignore[arg-type]
         return [table[key] for key in sorted(table)]
+
+    def finished_jobs(self, target: str | None = None, limit: int = 500) -> list[FinishedJob]:
+        """The last `limit` completed jobs of `target` (of each target when None) that report
+        an execution time, newest first, with the characters of their requests."""
+        return _finished_jobs(self.db, target, limit)
+
+    def priced_by_target(self) -> list[TargetPricing]:
+        """Per target, over the jobs that ran and were priced (an execution time and an actual
+        cost recorded): jobs, estimated and actual USD, over all runs and in its latest run."""
+        return _priced_by_target(self.db)
 
     def submissions_of(self, request_id: str) -> int:
         """How many jobs ever carried this request (for audits and tests)."""

@@ -23,6 +23,7 @@ from .backoff import RetryPolicy
 from .breaker import Breakers
 from .chunking import chunk_text
 from .config import Config, load_config
+from .costmodel import LearnedCosts
 from .errors import ProviderError, UserError
 from .health import HealthCache
 from .journal import Journal
@@ -32,6 +33,7 @@ from .router import Plan, RouteOptions, Router
 from .runner import Progress, Runner, RunnerSettings, RunResult
 from .speed import SpeedBook
 from .targets import TargetCheck, check_targets
+from .transport import ShardedTransport
 
 #: Seconds a single HTTP request may take before it counts as a transient failure. Plugins
 #: that hold a request open on purpose (RunPod's /runsync) pass a longer timeout for that call.
@@ -42,8 +44,7 @@ CHUNK_PAUSE_S = 0.2
 
 def http_client() -> httpx.AsyncClient:
     """The one shared client of a run: pooled keep-alive connections, no client-side retries."""
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
-    return httpx.AsyncClient(timeout=HTTP_TIMEOUT, limits=limits)
+    return httpx.AsyncClient(timeout=HTTP_TIMEOUT, transport=ShardedTransport(1000))
 
 
 class CloudGPUManager:
@@ -73,7 +74,12 @@ class CloudGPUManager:
             self.settings = _with_budget(self.settings, max_usd)
         self.journal_path = Path(journal or run.journal)
         self.router = Router(
-            self.checks, cloud, HealthCache(run.health_ttl_s), Breakers(), SpeedBook()
+            self.checks,
+            cloud,
+            HealthCache(run.health_ttl_s),
+            Breakers(),
+            SpeedBook(),
+            learned=LearnedCosts.from_path(self.journal_path),
         )
         self._journal: Journal | None = None
 

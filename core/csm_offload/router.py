@@ -13,6 +13,7 @@ import attrs
 
 from .breaker import Breakers
 from .config import CloudGpu
+from .costmodel import LearnedCosts
 from .errors import NoUsableTarget, UserError
 from .health import HealthCache
 from .model import CostEstimate, SpeechRequest
@@ -123,12 +124,16 @@ class Router:
         health: HealthCache,
         breakers: Breakers,
         speeds: SpeedBook,
+        *,
+        learned: LearnedCosts | None = None,
     ) -> None:
         self.checks = list(checks)
         self.cloud = cloud
         self.health = health
         self.breakers = breakers
         self.speeds = speeds
+        #: What the journal measured per target; None prices with the providers' priors alone.
+        self.learned = learned
 
     def pairs(self) -> list[tuple[Target, Provider]]:
         """Every target whose plugin loaded and whose settings validate."""
@@ -137,6 +142,33 @@ class Router:
             for c in self.checks
             if c.target is not None and c.provider is not None
         ]
+
+    def estimate(
+        self, target: Target, provider: Provider, batch: Sequence[SpeechRequest]
+    ) -> CostEstimate:
+        """What `batch` costs on `target`: the provider's estimate, corrected by what the
+        target's jobs measured. Raises what the plugin raises, or `TypeError` when it returns
+        something else than a `CostEstimate`."""
+        cost = provider.estimate_cost(target, list(batch))
+        if not isinstance(cost, CostEstimate):
+            raise TypeError("estimate_cost returned no CostEstimate")
+        return self._learnt(cost, target, provider, batch)
+
+    def observe_cost(self, target: str, chars: int, exec_ms: int | None) -> None:
+        """A completed job's measurement, so later estimates of this router learn from it."""
+        if self.learned is not None:
+            self.learned.observe(target, chars, exec_ms)
+
+    def _learnt(
+        self,
+        cost: CostEstimate,
+        target: Target,
+        provider: Provider,
+        batch: Sequence[SpeechRequest],
+    ) -> CostEstimate:
+        if self.learned is None:
+            return cost
+        return self.learned.apply(cost, target, provider.info, batch)
 
     def plan(self, batch: Sequence[SpeechRequest], options: RouteOptions) -> Plan:
         """Order the usable targets for `batch`; raise `NoUsableTarget` naming every reason."""
@@ -187,6 +219,7 @@ class Router:
         if not isinstance(cost, CostEstimate):
             reject("estimate_cost returned no CostEstimate")
             return None
+        cost = self._learnt(cost, target, provider, batch)
         note = "health not checked yet" if health is None else ""
         return Choice(target, provider, cost, remote, provider.info.quality, note)
 

@@ -423,7 +423,7 @@ class Runner:
         self, choice: Choice, part: list[SpeechRequest], batch: _Batch
     ) -> tuple[int, JobHandle, _Hold]:
         target, provider = choice.target, choice.provider
-        estimate = provider.estimate_cost(target, part).usd
+        estimate = self.router.estimate(target, provider, part).usd
         reserved = self._reserve(target.name, estimate)
         key = self.journal.begin_job(target.name, choice.quality, [r.id for r in part], estimate)
         try:
@@ -696,6 +696,7 @@ class Runner:
         if exec_s is None:
             exec_s = max(0.0, wall - (queue_s or 0.0))
         self.speeds.of(target).observe(chars, exec_s, queue_s)
+        self.router.observe_cost(target, chars, status.exec_ms)
 
     async def _cancel(self, choice: Choice, handle: JobHandle, key: int, why: str) -> None:
         """Best effort: a job we give up on should stop costing money."""

@@ -1,4 +1,10 @@
-"""`csm-offload estimate FILE`: what the text would cost on every usable target, before paying."""
+"""`csm-offload estimate FILE`: what the text would cost on every usable target, before paying.
+
+Prices come from the router, so a target with measured jobs in the journal is priced from them
+(the basis says "learnt from N jobs") and a fresh one from its provider's prior (the basis says
+"prior"). What an estimate leaves out (RunPod's idle tail, cold starts) is printed on a line of
+its own under the table, never folded into the figure.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ..costmodel import split_basis
 from ..journal import Journal
 from ..manager import CloudGPUManager, http_client
 from ..model import SpeechRequest
@@ -66,8 +73,9 @@ def estimate_command(
         usd = seconds = 0.0
         basis = ""
         for batch in _batches(todo, check.target.max_batch):
-            cost = check.provider.estimate_cost(check.target, batch)
+            cost = manager.router.estimate(check.target, check.provider, batch)
             usd, seconds, basis = usd + cost.usd, seconds + cost.gpu_seconds, cost.basis
+        figure, left_out = split_basis(basis)
         rows.append(
             {
                 "target": check.name,
@@ -80,7 +88,8 @@ def estimate_command(
                 "jobs": len(_batches(todo, check.target.max_batch)),
                 "gpu_seconds": round(seconds, 3),
                 "usd": round(usd, 6),
-                "basis": basis,
+                "basis": figure,
+                "not_included": left_out,
                 "prices_dated": info.prices.date,
             }
         )
@@ -88,7 +97,9 @@ def estimate_command(
         click.echo(json.dumps(rows, indent=2))
         return
     table = Table(title=f"{len(unique)} segments, {sum(len(r.text) for r in unique)} characters")
-    for column in ("target", "where", "quality", "jobs", "from journal", "GPU s", "USD", "basis"):
+    # The basis shown is one job's (the last): the USD and GPU seconds are the sum of all jobs.
+    columns = ("target", "where", "quality", "jobs", "from journal", "GPU s", "USD")
+    for column in (*columns, "basis (last job)"):
         table.add_column(column, overflow="fold")
     for row in rows:
         if not row["usable"]:
@@ -104,4 +115,8 @@ def estimate_command(
             f"${row['usd']:.4f}",
             f"{row['basis']} (prices of {row['prices_dated']})",
         )
-    Console(width=max(120, Console().width)).print(table)
+    console = Console(width=max(120, Console().width))
+    console.print(table)
+    for row in rows:
+        if row.get("not_included"):
+            console.print(f"not included in {row['target']}'s estimate: {row['not_included']}")
