@@ -1,13 +1,17 @@
 """Orchestration benchmark: our runner (or the runpod SDK) against the simulated RunPod cloud.
 
     python bench/orchestration.py --segments 2000 --workers 100 --job-seconds 2
-    python bench/orchestration.py --segments 2000 --workers 100 --job-seconds 2 --route runsync
+    python bench/orchestration.py --segments 2000 --workers 100 --job-seconds 2 --chars 50-250
+    python bench/orchestration.py --segments 8000 --workers 200 --job-seconds 0.2 --rate-limits
     python bench/orchestration.py --segments 2000 --workers 100 --job-seconds 2 --client runpod-sdk
 
-The simulator runs in its own process (so the figures are the client's alone) with W workers
-and a fixed job time S. `ideal_s` is ceil(N / W) x S: what a client that never waits longer
-than the jobs themselves would take. `requests_per_job` counts every HTTP request the endpoint
-saw (submissions, polls, health checks) per job. Prints one JSON object.
+The simulator runs in its own process (so the figures are the client's alone) with W workers.
+Work is proportional to text: a segment of average length takes S worker seconds, a batch of
+k segments the sum of theirs. `ideal_s` is the total work divided by W (or the longest
+segment, if longer): what a client that never left a worker idle would take. With no
+`--max-batch` / `--in-flight`, the client runs on its built-in defaults (batch size and
+in-flight cap chosen from the endpoint's /health). `requests_per_job` counts every HTTP request
+the endpoint saw (submissions, polls, health checks, 429s) per job. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import argparse
 import asyncio
 import base64
 import json
-import math
+import random
 import resource
 import sys
 import tempfile
@@ -41,9 +45,18 @@ from csm_offload.targets import check_targets  # noqa: E402
 from tests.sim.runpod_cloud import SimProcess, SimulatedRunPod  # noqa: E402
 
 
-def _requests(count: int, chars: int) -> list[SpeechRequest]:
-    filler = "The quick brown fox jumps over the lazy dog. " * (chars // 40 + 1)
-    return [SpeechRequest(f"Segment {i}. {filler}"[:chars]) for i in range(count)]
+def _lengths(count: int, chars: str, seed: int = 7) -> list[int]:
+    """Segment lengths: a fixed number, or LOW-HIGH drawn uniformly (reproducibly)."""
+    if "-" not in chars:
+        return [int(chars)] * count
+    low, high = (int(x) for x in chars.split("-", 1))
+    rng = random.Random(seed)
+    return [rng.randint(low, high) for _ in range(count)]
+
+
+def _requests(lengths: list[int]) -> list[SpeechRequest]:
+    filler = "The quick brown fox jumps over the lazy dog. " * (max(lengths) // 40 + 2)
+    return [SpeechRequest(f"Segment {i}. {filler}"[:n]) for i, n in enumerate(lengths)]
 
 
 async def _ours(sim: SimProcess, requests: list[SpeechRequest], args: argparse.Namespace) -> int:
@@ -54,9 +67,7 @@ providers:
     kind: runpod
     endpoint_url: {sim.url}
     api_key: {sim.api_key}
-    max_batch: {args.max_batch}
-    max_in_flight: {args.in_flight or args.workers}
-    use_runsync: {"true" if args.route == "runsync" else "false"}
+{_overrides(args)}    use_runsync: {"true" if args.route == "runsync" else "false"}
     usd_per_second: 0.00076
 run:
   health_ttl_s: 60
@@ -75,9 +86,22 @@ run:
         async with http_client() as http:
             runner = Runner(router, journal, http, RunnerSettings(), RouteOptions())
             result = await runner.run(requests)
-    if not result.ok:
-        raise SystemExit(f"bench run failed: {result.summary()}")
-    return math.ceil(len(requests) / args.max_batch)
+        journal_jobs = [j for j in journal.jobs() if j.state == "completed"]
+    failed = len(result.failed())
+    if failed:
+        print(f"{failed} segments failed: {result.summary()}", file=sys.stderr)
+    jobs = len(journal_jobs)
+    return jobs, failed, runner.pacers.limited()
+
+
+def _overrides(args: argparse.Namespace) -> str:
+    """Only what the command line sets: the rest is the client's built-in defaults."""
+    lines = ""
+    if args.max_batch:
+        lines += f"    max_batch: {args.max_batch}\n"
+    if args.in_flight:
+        lines += f"    max_in_flight: {args.in_flight}\n"
+    return lines
 
 
 async def _sdk(sim: SimProcess, requests: list[SpeechRequest], args: argparse.Namespace) -> int:
@@ -108,52 +132,72 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--segments", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=100)
-    parser.add_argument("--job-seconds", type=float, default=2.0)
+    parser.add_argument(
+        "--job-seconds", type=float, default=2.0, help="worker seconds of an average segment"
+    )
     parser.add_argument("--client", choices=("ours", "runpod-sdk"), default="ours")
     parser.add_argument(
         "--route",
         choices=("run", "runsync"),
-        default="run",
-        help="ours only: /run + adaptive polling, or /runsync (the plugin's short-job route)",
+        default="runsync",
+        help="ours only: the plugin's default (/runsync for short jobs) or /run + polling",
     )
-    parser.add_argument("--chars", type=int, default=60, help="characters per segment")
-    parser.add_argument("--max-batch", type=int, default=1)
-    parser.add_argument("--in-flight", type=int, default=0, help="default: --workers")
+    parser.add_argument("--chars", default="60", help="characters per segment: N or LOW-HIGH")
+    parser.add_argument("--max-batch", type=int, default=0, help="default: built-in")
+    parser.add_argument("--in-flight", type=int, default=0, help="default: built-in")
+    parser.add_argument(
+        "--rate-limits", action="store_true", help="the simulator enforces RunPod's limits"
+    )
     args = parser.parse_args(argv)
-    requests = _requests(args.segments, args.chars)
-    sim = SimulatedRunPod.spawn(
-        workers=args.workers, job_seconds=args.job_seconds, validate="false"
-    )
+    lengths = _lengths(args.segments, args.chars)
+    requests = _requests(lengths)
+    mean = sum(lengths) / len(lengths)
+    spc = args.job_seconds / mean
+    options: dict[str, Any] = {"workers": args.workers, "seconds_per_char": spc}
+    options["validate"] = "false"
+    if args.rate_limits:
+        options["rate_limits"] = "true"
+    sim = SimulatedRunPod.spawn(**options)
     try:
         cpu0 = time.process_time()
         wall0 = time.monotonic()
-        client = _ours if args.client == "ours" else _sdk
-        jobs = asyncio.run(client(sim, requests, args))
+        if args.client == "ours":
+            jobs, failed, limited = asyncio.run(_ours(sim, requests, args))
+        else:
+            jobs, failed, limited = asyncio.run(_sdk(sim, requests, args)), 0, {}
         wall = time.monotonic() - wall0
         cpu = time.process_time() - cpu0
         stats: dict[str, Any] = sim.stats()
     finally:
         sim.stop()
-    ideal = math.ceil(jobs / args.workers) * args.job_seconds
+    work = [n * spc for n in lengths]
+    ideal = max(sum(work) / args.workers, max(work))
     http_requests = sum(stats["requests"].values())
-    print(
-        json.dumps(
-            {
-                "client": args.client,
-                "route": args.route if args.client == "ours" else "run",
-                "segments": args.segments,
-                "workers": args.workers,
-                "job_seconds": args.job_seconds,
-                "wall_s": round(wall, 2),
-                "ideal_s": round(ideal, 2),
-                "ratio": round(wall / ideal, 3),
-                "requests_per_job": round(http_requests / jobs, 3),
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                "client_cpu_ms_per_job": round(1000 * cpu / jobs, 2),
-                "requests_by_route": stats["requests"],
-            }
-        )
-    )
+    report = {
+        "client": args.client,
+        "route": args.route if args.client == "ours" else "run",
+        "segments": args.segments,
+        "chars": args.chars,
+        "workers": args.workers,
+        "job_seconds": args.job_seconds,
+        "rate_limits": args.rate_limits,
+        "jobs": jobs,
+        "failed": failed,
+        "wall_s": round(wall, 2),
+        "ideal_s": round(ideal, 2),
+        "ratio": round(wall / ideal, 3),
+        "segments_per_s": round(args.segments / wall, 1),
+        "jobs_per_s": round(jobs / wall, 1),
+        "requests_per_job": round(http_requests / jobs, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "client_cpu_ms_per_job": round(1000 * cpu / jobs, 2),
+        "client_cpu_ms_per_segment": round(1000 * cpu / args.segments, 2),
+        "requests_by_route": stats["requests"],
+        "rate_limited": stats.get("rate_limited", {}),
+        "client_429s": limited,
+        "executed_twice": stats.get("executed_twice"),
+    }
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

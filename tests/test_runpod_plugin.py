@@ -607,7 +607,7 @@ def test_key_goes_only_to_the_endpoint_host() -> None:
 
 
 def test_runsync_wait_is_bounded() -> None:
-    assert api.wait_ms(0) == 2_000
+    assert api.wait_ms(0) == 30_000
     assert api.wait_ms(10_000) == api.MAX_WAIT_MS
     assert api.wait_ms(0.0001) >= api.MIN_WAIT_MS
 

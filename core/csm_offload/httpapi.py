@@ -39,6 +39,7 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 #: We decompress ourselves, with a bound, so only these encodings are asked for.
 ACCEPT_ENCODING = "gzip, deflate"
 _SNIPPET_CHARS = 200
+_INFLATE_STEP = 1024 * 1024
 
 
 @attrs.frozen
@@ -114,12 +115,18 @@ async def read_bounded(
     parts: list[bytes] = []
     size = 0
     async for raw in response.aiter_raw():
-        room = max_bytes - size
-        data = raw if decoder is None else decoder.decompress(raw, room + 1)
-        size += len(data)
-        if size > max_bytes:
-            raise _too_large(what, max_bytes, target)
-        parts.append(data)
+        pending = raw
+        while pending:
+            if decoder is None:
+                data, pending = pending, b""
+            else:
+                # At most a step at a time: a few KB of gzip can hold gigabytes.
+                data = decoder.decompress(pending, min(max_bytes - size + 1, _INFLATE_STEP))
+                pending = decoder.unconsumed_tail
+            size += len(data)
+            if size > max_bytes:
+                raise _too_large(what, max_bytes, target)
+            parts.append(data)
     if decoder is not None:
         tail = decoder.flush()
         size += len(tail)

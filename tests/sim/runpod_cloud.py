@@ -7,21 +7,50 @@ Bearer-key checking, a queue served by N simulated workers, job time proportiona
 `BatchResponse`s with real FLAC audio (a quiet tone) whose length follows the text.
 
 Faults can be injected per route (429 with Retry-After, 5xx, connection reset, a slow answer,
-malformed JSON) or per job (completed without output, lost, failed, undecodable audio, audio
-for the wrong request), and the whole endpoint can be made "stuck" (workers unhealthy, jobs stay
-queued). Counters record requests per route, jobs and outputs per request id and the billed
-execution time, so tests can assert that nothing was generated or paid twice.
+malformed JSON, the real answer dripped a few bytes at a time, a gzip bomb) or per job
+(completed without output, lost, failed, undecodable audio, audio for the wrong request, stuck
+IN_QUEUE for ever), and the whole endpoint can be made "stuck" (workers unhealthy, jobs stay
+queued). Counters record requests per route, jobs and outputs per request id, request ids
+generated more than once and the billed execution time, so tests can assert that nothing was
+generated or paid twice.
+
+Opt-in behaviour of the real service under stress (all off by default):
+
+- `rate_limits=True`: RunPod's documented limits, each route its own sliding window (`/run`
+  1000 requests per 10 s, `/runsync` and `/status` 2000 per 10 s; `limits={route: (count,
+  window_s)}` overrides or adds routes, and is only in force with `rate_limits`). `rate_scale`
+  multiplies every count and window alike (0.1: `/run` 100 per 1 s), so a test reaches a limit
+  quickly at the same rate. A request over its limit gets 429, a JSON error and a Retry-After
+  (`retry_after_form`: "seconds", integer delta-seconds rounded up, at least 1; "http-date", an
+  IMF-fixdate rounded up to the next whole second because the form has 1 s resolution;
+  "alternate", one then the other; "none", no header). A request answered 429 does not count
+  toward its window: RunPod does not document it either way, and counting them would let a
+  client that retries too fast lock itself out for ever, which would test the simulator rather
+  than the client. With rate limits on, `/run` and `/runsync` also answer 429 while the queue
+  (jobs IN_QUEUE) is over 50 jobs and over `queue_limit_per_worker` (500) times the workers.
+- `gzip=True`: normal JSON answers are gzip-compressed when the request's Accept-Encoding
+  allows gzip, as RunPod's gateway does.
+
+A dead host is `SimulatedRunPod.kill()` (the listening socket closes and every open connection
+is reset; the workers keep running their jobs, as if only the API gateway died) and `revive()`
+(the same port again, every job still there). A `SimProcess` does the same on SIGUSR1/SIGUSR2,
+as its control routes go through the port that is dead.
 
 Use it from a test or a benchmark (the repository root on `sys.path`):
 
     with SimulatedRunPod(workers=4, seconds_per_char=0.001) as sim:
         sim.url, sim.api_key        # http://127.0.0.1:PORT/v2/sim-endpoint, "sim-key"
         sim.inject("status", "http", status=429, retry_after="2")
+        sim.inject("status", "drip", chunk_bytes=16, delay_s=0.5)
         sim.stats()["requests"]["status"]
 
+    SimulatedRunPod(rate_limits=True, rate_scale=0.1, retry_after_form="alternate")
+
 or as a process of its own (`python -m tests.sim.runpod_cloud --port 0 --workers 100
---job-seconds 2`), which prints one JSON line with its URL and is controlled over `/_sim/...`;
-`SimulatedRunPod.spawn(...)` starts one and returns a handle with the same control methods.
+--job-seconds 2 [--rate-limits true --rate-scale 0.1 --retry-after-form seconds --limits JSON
+--queue-limit-per-worker 500 --gzip true]`), which prints one JSON line with its URL and is
+controlled over `/_sim/...`; `SimulatedRunPod.spawn(...)` starts one and returns a handle with
+the same control methods.
 """
 
 from __future__ import annotations
@@ -33,14 +62,18 @@ import contextlib
 import email.utils
 import functools
 import json
+import math
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import attrs
@@ -55,11 +88,24 @@ except ImportError:  # run as a script path rather than a module
     from tests.sim.http_server import RESET, HttpServer, Request, Response
 
 ROUTES = ("run", "runsync", "status", "cancel", "health", "purge-queue")
-HTTP_FAULTS = ("http", "reset", "slow", "malformed")
-JOB_FAULTS = ("no_output", "lost", "failed", "undecodable_audio", "wrong_id")
+HTTP_FAULTS = ("http", "reset", "slow", "malformed", "drip", "gzip_bomb")
+JOB_FAULTS = ("no_output", "lost", "failed", "undecodable_audio", "wrong_id", "stuck")
+RETRY_AFTER_FORMS = ("seconds", "http-date", "alternate", "none")
 SAMPLE_RATE = 24_000
 #: RunPod holds a /runsync connection this long when no `?wait=` is given.
 DEFAULT_WAIT_MS = 90_000
+#: RunPod's documented per-route limits: (requests, window in seconds).
+RATE_LIMITS: Mapping[str, tuple[int, float]] = {
+    "run": (1000, 10.0),
+    "runsync": (2000, 10.0),
+    "status": (2000, 10.0),
+}
+#: The queue rule's floor: 429 only while more than this many jobs wait (and more than
+#: `queue_limit_per_worker` x workers).
+QUEUE_FLOOR = 50
+GIB = 1 << 30
+#: What a gzip bomb inflates to: the start of a status answer, then spaces for ever.
+BOMB_PREFIX = b'{"id":"x","status":"COMPLETED","output":"'
 
 
 @attrs.frozen
@@ -71,6 +117,8 @@ class Fault:
     status: int = 503
     retry_after: str | None = None
     delay_s: float = 0.0
+    chunk_bytes: int = 64
+    inflate_bytes: int = GIB
 
 
 @attrs.define
@@ -106,8 +154,58 @@ def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None
     return Response(status=status, body=body, headers=dict(headers or {}))
 
 
+@functools.lru_cache(maxsize=8)
+def gzip_bomb(inflate_bytes: int = GIB, block_bytes: int = 1 << 20) -> bytes:
+    """A valid gzip member that inflates to `inflate_bytes` of JSON-looking text.
+
+    Built without ever holding the inflated data: after a full flush deflate restarts at a byte
+    boundary with an empty history, so every block of spaces compresses to the same bytes and
+    one compressed block is repeated. Only the CRC needs every inflated byte, and that is
+    computed block by block (about 0.15 s and 1 MB of output for 1 GiB)."""
+    prefix = BOMB_PREFIX[: max(0, inflate_bytes)]
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    head = compressor.compress(prefix) + compressor.flush(zlib.Z_FULL_FLUSH)
+    blocks, tail = divmod(max(0, inflate_bytes - len(prefix)), block_bytes)
+    block = b" " * block_bytes
+    piece = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH) if blocks else b""
+    last = compressor.compress(b" " * tail) + compressor.flush(zlib.Z_FULL_FLUSH) if tail else b""
+    crc = zlib.crc32(prefix)
+    for _ in range(blocks):
+        crc = zlib.crc32(block, crc)
+    crc = zlib.crc32(b" " * tail, crc)
+    # b"\x03\x00" is an empty final fixed-Huffman block; then the gzip trailer (CRC, size).
+    trailer = struct.pack("<II", crc, inflate_bytes & 0xFFFFFFFF)
+    return head + piece * blocks + last + b"\x03\x00" + trailer
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding value allows gzip (`gzip;q=0` refuses it)."""
+    for item in accept_encoding.lower().split(","):
+        name, _, params = item.partition(";")
+        if name.strip() not in ("gzip", "x-gzip", "*"):
+            continue
+        q = params.strip()
+        if q.startswith("q="):
+            try:
+                return float(q[2:]) > 0
+            except ValueError:
+                return False
+        return True
+    return False
+
+
+def _gzipped(response: Response) -> Response:
+    headers = {**response.headers, "Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+    return attrs.evolve(response, body=zlib.compress(response.body, 6, wbits=31), headers=headers)
+
+
 class SimCloud:
-    """The simulated endpoint's state and behaviour; runs inside one asyncio loop."""
+    """The simulated endpoint's state and behaviour; runs inside one asyncio loop.
+
+    `rate_limits`, `rate_scale`, `limits`, `retry_after_form` and `queue_limit_per_worker`
+    shape the 429s (see the module docstring); `gzip` compresses answers for clients that
+    accept it. Everything per request is O(1) in the number of jobs: the windows are deques
+    popped from the left and the queue length is a counter kept on state changes."""
 
     def __init__(
         self,
@@ -121,7 +219,20 @@ class SimCloud:
         endpoint_id: str = "sim-endpoint",
         result_ttl_s: float = 1800.0,
         validate: bool = True,
+        rate_limits: bool = False,
+        rate_scale: float = 1.0,
+        limits: Mapping[str, tuple[int, float]] | None = None,
+        retry_after_form: str = "seconds",
+        queue_limit_per_worker: int = 500,
+        gzip: bool = False,
     ) -> None:
+        if retry_after_form not in RETRY_AFTER_FORMS:
+            raise ValueError(f"retry_after_form must be one of {RETRY_AFTER_FORMS}")
+        if rate_scale <= 0:
+            raise ValueError("rate_scale must be positive")
+        table = {**RATE_LIMITS, **(limits or {})}
+        if unknown := set(table) - set(ROUTES):
+            raise ValueError(f"no such routes to limit: {sorted(unknown)}; one of {ROUTES}")
         self.workers = workers
         self.job_seconds = job_seconds
         self.seconds_per_char = seconds_per_char
@@ -131,6 +242,16 @@ class SimCloud:
         self.endpoint_id = endpoint_id
         self.result_ttl_s = result_ttl_s
         self.validate = validate
+        self.rate_limits = rate_limits
+        self.rate_scale = rate_scale
+        #: The limits in force, scaled: route -> (requests, window in seconds).
+        self.limits: dict[str, tuple[int, float]] = {
+            route: (max(1, round(int(count) * rate_scale)), float(window) * rate_scale)
+            for route, (count, window) in table.items()
+        }
+        self.retry_after_form = retry_after_form
+        self.queue_limit_per_worker = queue_limit_per_worker
+        self.gzip = gzip
         self.lock = threading.Lock()
         self.faults: list[list[Any]] = []  # [Fault, remaining count]
         self.job_faults: collections.deque[str] = collections.deque()
@@ -147,6 +268,19 @@ class SimCloud:
         self.fired: collections.Counter[str] = collections.Counter()
         self.counts: collections.Counter[str] = collections.Counter()
         self.billed_ms = 0
+        self.generated_total = 0
+        self.executed_twice = 0
+        self.rate_limited: collections.Counter[str] = collections.Counter()
+        self.queue_limited: collections.Counter[str] = collections.Counter()
+        #: Jobs IN_QUEUE, kept on every state change so /health and the queue rule never scan.
+        self.in_queue = 0
+        # Accepted requests' times per limited route; 429s are not added (module docstring).
+        self._windows: dict[str, collections.deque[float]] = {
+            route: collections.deque() for route in self.limits
+        }
+        self._forms = 0  # 429s answered so far with retry_after_form "alternate"
+        #: The HTTP server in front, when there is one: stats report its connections.
+        self.server: HttpServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle (inside the loop) --------------------------------------------------------
@@ -171,6 +305,10 @@ class SimCloud:
             raise ValueError(f"unknown route fault {fault.kind!r}; one of {HTTP_FAULTS}")
         if fault.route != "*" and fault.route not in ROUTES:
             raise ValueError(f"unknown route {fault.route!r}; one of {ROUTES} or '*'")
+        if fault.chunk_bytes < 1 or fault.inflate_bytes < 0 or fault.delay_s < 0:
+            raise ValueError("chunk_bytes must be >= 1, inflate_bytes and delay_s >= 0")
+        if fault.kind == "gzip_bomb":
+            gzip_bomb(fault.inflate_bytes)  # build it now, not while a client waits
         with self.lock:
             self.faults.append([fault, count])
 
@@ -192,18 +330,33 @@ class SimCloud:
             self.job_faults.clear()
 
     def stats(self) -> dict[str, Any]:
+        """Counters: "requests" and "responses" ("route status") per route, "submissions" and
+        "generated" per request id, "generated_total", "executed_twice" (request ids generated
+        more than once), "faults_fired" per kind, "jobs" per final state, "billed_ms" (execution
+        time of every job that started, cancelled ones included), "rate_limited" per route (all
+        429s of the rate limits, "queue_limited" the queue rule's share of them), "in_queue",
+        "in_progress", "peak_in_progress", and from the server "listening", "connections" and
+        "dripping" (responses being dripped now)."""
+        server = self.server
         with self.lock:
             return {
                 "requests": dict(self.requests),
                 "responses": dict(self.statuses),
                 "submissions": dict(self.submissions),
                 "generated": dict(self.generated),
+                "generated_total": self.generated_total,
+                "executed_twice": self.executed_twice,
                 "faults_fired": dict(self.fired),
                 "jobs": dict(self.counts),
                 "billed_ms": self.billed_ms,
-                "in_queue": sum(1 for j in self.jobs.values() if j.state == "IN_QUEUE"),
+                "rate_limited": dict(self.rate_limited),
+                "queue_limited": dict(self.queue_limited),
+                "in_queue": self.in_queue,
                 "in_progress": self.busy,
                 "peak_in_progress": self.peak_busy,
+                "listening": server.listening if server is not None else False,
+                "connections": server.connections if server is not None else 0,
+                "dripping": server.dripping if server is not None else 0,
             }
 
     # --- HTTP -------------------------------------------------------------------------------
@@ -216,9 +369,16 @@ class SimCloud:
         route = route if route in ROUTES else "other"
         with self.lock:
             self.requests[route] += 1
-        response = await self._faulted(route)
+        fault = self._take_fault(route)
+        response = await self._faulted(fault) if fault is not None else None
         if response is None:
             response = await self._route(request, parts, route)
+            if self.gzip and accepts_gzip(request.headers.get("accept-encoding", "")):
+                response = _gzipped(response)
+            if fault is not None and fault.kind == "drip":
+                response = attrs.evolve(
+                    response, drip_bytes=fault.chunk_bytes, drip_delay_s=fault.delay_s
+                )
         with self.lock:
             self.statuses[f"{route} {response.status or 'reset'}"] += 1
         return response
@@ -235,10 +395,12 @@ class SimCloud:
                     return fault
         return None
 
-    async def _faulted(self, route: str) -> Response | None:
-        fault = self._take_fault(route)
-        if fault is None:
+    async def _faulted(self, fault: Fault) -> Response | None:
+        """The fault's answer, or None for the real one (after a stall, or to be dripped)."""
+        if fault.kind == "drip":
             return None
+        if fault.kind == "gzip_bomb":
+            return Response(200, gzip_bomb(fault.inflate_bytes), {"Content-Encoding": "gzip"})
         if fault.kind == "reset":
             return RESET
         if fault.kind == "slow":
@@ -259,6 +421,8 @@ class SimCloud:
             return _json({"error": "Unauthorized"}, 401)
         if route == "other" or parts[1] != self.endpoint_id:
             return _json({"error": "not found"}, 404)
+        if self.rate_limits and (limited := self._over_limit(route)) is not None:
+            return limited
         job_id = parts[3] if len(parts) >= 4 else None
         method = request.method
         if route in ("run", "runsync") and method == "POST":
@@ -272,6 +436,49 @@ class SimCloud:
         if route == "purge-queue" and method == "POST":
             return _json({"removed": self._purge(), "status": "completed"})
         return _json({"error": f"{method} not allowed here"}, 405)
+
+    def _over_limit(self, route: str) -> Response | None:
+        """A 429 when `route` is over its window or (to submit) the queue is too long; else
+        None, and the request is counted in its window."""
+        now = time.monotonic()
+        limit = self.limits.get(route)
+        stamps = self._windows.get(route)
+        if limit is not None and stamps is not None:
+            count, window = limit
+            while stamps and stamps[0] <= now - window:
+                stamps.popleft()
+            if len(stamps) >= count:
+                # A slot frees when the oldest accepted request leaves the window.
+                wait_s = stamps[0] + window - now
+                message = f"rate limit: /{route} allows {count} requests per {window:g} s"
+                return self._too_many(route, wait_s, message)
+        if route in ("run", "runsync"):
+            queued = self.in_queue
+            if queued > QUEUE_FLOOR and queued > self.queue_limit_per_worker * self.workers:
+                with self.lock:
+                    self.queue_limited[route] += 1
+                return self._too_many(route, 1.0, f"queue full: {queued} jobs waiting")
+        if stamps is not None:
+            stamps.append(now)
+        return None
+
+    def _too_many(self, route: str, wait_s: float, message: str) -> Response:
+        with self.lock:
+            self.rate_limited[route] += 1
+        form = self.retry_after_form
+        if form == "alternate":
+            form = "seconds" if self._forms % 2 == 0 else "http-date"
+            self._forms += 1
+        headers: dict[str, str] = {}
+        if form == "seconds":
+            headers["Retry-After"] = str(max(1, math.ceil(wait_s)))
+        elif form == "http-date":
+            # Rounded up to the next whole second, so the date is never before the moment a
+            # slot frees (the form cannot say fractions).
+            headers["Retry-After"] = email.utils.formatdate(
+                math.ceil(time.time() + wait_s), usegmt=True
+            )
+        return _json({"error": f"Too Many Requests: {message}", "status": 429}, 429, headers)
 
     async def _submit(self, request: Request, route: str) -> Response:
         limit = 20 * 1024 * 1024 if route == "runsync" else 10 * 1024 * 1024
@@ -313,11 +520,13 @@ class SimCloud:
             fault = self.job_faults.popleft() if self.job_faults else None
             job = SimJob(f"{uuid.uuid4()}-u1", batch, fault, time.monotonic())
             self.jobs[job.id] = job
+            self.in_queue += 1
             self.counts["submitted"] += 1
             for r in batch.requests:
                 self.submissions[r.id] += 1
         assert self.queue is not None
-        self.queue.put_nowait(job)
+        if fault != "stuck":  # a stuck job is never handed to a worker, so it holds none
+            self.queue.put_nowait(job)
         return job
 
     def _status(self, job_id: str) -> Response:
@@ -353,7 +562,6 @@ class SimCloud:
         return _json({"id": job.id, "status": "CANCELLED" if not job.done.is_set() else job.state})
 
     def _health(self) -> dict[str, Any]:
-        in_queue = sum(1 for j in self.jobs.values() if j.state == "IN_QUEUE")
         if self.stuck:
             workers = {"idle": 0, "ready": 0, "running": 0, "unhealthy": self.workers}
         else:
@@ -365,7 +573,7 @@ class SimCloud:
                 "completed": self.counts["completed"],
                 "failed": self.counts["failed"],
                 "inProgress": self.busy,
-                "inQueue": in_queue,
+                "inQueue": self.in_queue,
                 "retried": 0,
             }
         return {"jobs": jobs, "workers": workers}
@@ -420,6 +628,8 @@ class SimCloud:
     async def _run(self, job: SimJob, worker: str) -> None:
         self.busy += 1
         self.peak_busy = max(self.peak_busy, self.busy)
+        with self.lock:
+            self.in_queue -= 1
         job.state, job.started, job.worker = "IN_PROGRESS", time.monotonic(), worker
         try:
             with contextlib.suppress(asyncio.TimeoutError):
@@ -459,12 +669,17 @@ class SimCloud:
             )
             with self.lock:
                 self.generated[request.id] += 1
+                self.generated_total += 1
+                if self.generated[request.id] == 2:
+                    self.executed_twice += 1
         worker = {"gpu": "SIM", "model": "sim-tone", "engine_version": "sim-1"}
         return {"schema": 1, "results": results, "worker": worker}
 
     def _finish(self, job: SimJob, state: str) -> None:
-        job.state, job.finished = state, time.monotonic()
         with self.lock:
+            if job.state == "IN_QUEUE":
+                self.in_queue -= 1
+            job.state, job.finished = state, time.monotonic()
             self.counts[state.lower()] += 1
             if job.started is not None:
                 self.billed_ms += job.ms(job.started, job.finished) or 0
@@ -486,7 +701,9 @@ class SimCloud:
 class SimulatedRunPod:
     """The simulated cloud served from a background thread; a context manager.
 
-    Keyword arguments are those of `SimCloud` plus `port` (0 picks a free one)."""
+    Keyword arguments are those of `SimCloud` (`workers`, `job_seconds`, ..., `rate_limits`,
+    `rate_scale`, `limits`, `retry_after_form`, `queue_limit_per_worker`, `gzip`) plus `port`
+    (0 picks a free one)."""
 
     def __init__(self, *, port: int = 0, **options: Any) -> None:
         self.cloud = SimCloud(**options)
@@ -497,6 +714,7 @@ class SimulatedRunPod:
         self._ready = threading.Event()
         self._stopped: asyncio.Event | None = None
         self._error: BaseException | None = None
+        self._pending: set[asyncio.Future[None]] = set()
 
     # --- addresses ---
 
@@ -558,6 +776,7 @@ class SimulatedRunPod:
         self._stopped = asyncio.Event()
         await self.cloud.start()
         self._server = HttpServer(self.cloud.handle, self._port)
+        self.cloud.server = self._server
         await self._server.start()
         self._ready.set()
         try:
@@ -577,11 +796,18 @@ class SimulatedRunPod:
         status: int = 503,
         retry_after: str | None = None,
         delay_s: float = 0.0,
+        chunk_bytes: int = 64,
+        inflate_bytes: int = GIB,
     ) -> None:
         """Misbehave on the next `count` requests to `route` (`*` for any): `kind` is "http"
         (answer `status`, with `Retry-After: retry_after` if given), "reset", "slow" (stall
-        `delay_s` first) or "malformed" (200 with a body that is not JSON)."""
-        self.cloud.inject(Fault(route, kind, status, retry_after, delay_s), count)
+        `delay_s` first), "malformed" (200 with a body that is not JSON), "drip" (the real
+        answer, Content-Length and all, sent `chunk_bytes` at a time `delay_s` apart: each gap
+        short, the whole body slow) or "gzip_bomb" (200, `Content-Encoding: gzip`, about 1 KB
+        per MB that inflates to `inflate_bytes` of JSON-looking text, whatever the client's
+        Accept-Encoding)."""
+        fault = Fault(route, kind, status, retry_after, delay_s, chunk_bytes, inflate_bytes)
+        self.cloud.inject(fault, count)
 
     def rate_limit(self, route: str = "run", retry_after: str | None = "1", count: int = 1) -> None:
         self.inject(route, "http", status=429, retry_after=retry_after, count=count)
@@ -590,7 +816,8 @@ class SimulatedRunPod:
         """The next `count` jobs misbehave: "no_output" (COMPLETED without output), "lost"
         (status and cancel answer 404 from the start, though the job still runs and is billed,
         as when RunPod forgets a job), "failed" (FAILED with an error), "undecodable_audio"
-        (audio bytes that are not FLAC) or "wrong_id" (results for another request id)."""
+        (audio bytes that are not FLAC), "wrong_id" (results for another request id) or "stuck"
+        (IN_QUEUE for ever and never taken by a worker, while other jobs run; cancel works)."""
         self.cloud.inject_job(kind, count)
 
     def set_stuck(self, stuck: bool = True) -> None:
@@ -608,7 +835,39 @@ class SimulatedRunPod:
         self.cloud.clear_faults()
 
     def stats(self) -> dict[str, Any]:
+        """See `SimCloud.stats`; works while the host is killed, and keeps counting."""
         return self.cloud.stats()
+
+    def kill(self) -> None:
+        """The host dies: the listening socket closes (new connects are refused) and every open
+        connection is reset, so requests in flight fail. The workers go on running and
+        finishing jobs, as when only RunPod's API gateway is down. Done when this returns."""
+        assert self._server is not None, "not started"
+        self._in_loop(self._server.kill())
+
+    def revive(self) -> None:
+        """Listen again on the same port, every job (finished while dead or not) still there."""
+        assert self._server is not None, "not started"
+        self._in_loop(self._server.start())
+
+    def kill_soon(self) -> None:
+        """`kill()` without waiting; safe in a signal handler (takes no lock)."""
+        if self._loop is not None and self._server is not None:
+            self._loop.call_soon_threadsafe(self._spawn_task, self._server.kill)
+
+    def revive_soon(self) -> None:
+        """`revive()` without waiting; safe in a signal handler (takes no lock)."""
+        if self._loop is not None and self._server is not None:
+            self._loop.call_soon_threadsafe(self._spawn_task, self._server.start)
+
+    def _spawn_task(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        task = asyncio.ensure_future(make())
+        self._pending.add(task)  # a loop keeps only weak references to its tasks
+        task.add_done_callback(self._pending.discard)
+
+    def _in_loop(self, coro: Coroutine[Any, Any, None], timeout_s: float = 10.0) -> None:
+        assert self._loop is not None, "not started"
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
 
     @staticmethod
     def spawn(timeout_s: float = 20.0, **options: Any) -> SimProcess:
@@ -633,7 +892,8 @@ class SimProcess:
         args = [sys.executable, "-m", "tests.sim.runpod_cloud"]
         for key, value in options.items():
             if value is not None:
-                args += [f"--{key.replace('_', '-')}", str(value)]
+                text = json.dumps(value) if isinstance(value, Mapping) else str(value)
+                args += [f"--{key.replace('_', '-')}", text]
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         process = subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, text=True)
         deadline = time.monotonic() + timeout_s
@@ -674,7 +934,36 @@ class SimProcess:
         self._post("clear", {})
 
     def stats(self) -> dict[str, Any]:
+        """Over HTTP, so not while the host is killed."""
         return self._post("stats", {})
+
+    def kill(self, timeout_s: float = 10.0) -> None:
+        """As `SimulatedRunPod.kill`, by SIGUSR1 (the control routes share the dead port);
+        returns once a connect is refused."""
+        self.process.send_signal(signal.SIGUSR1)
+        self._wait_listening(False, timeout_s)
+
+    def revive(self, timeout_s: float = 10.0) -> None:
+        """As `SimulatedRunPod.revive`, by SIGUSR2; returns once a connect succeeds."""
+        self.process.send_signal(signal.SIGUSR2)
+        self._wait_listening(True, timeout_s)
+
+    def _wait_listening(self, listening: bool, timeout_s: float) -> None:
+        # A probe accepted in the very loop step that closes the server trips an asyncio race
+        # (the half-made connection is dropped, with a warning in debug mode); the signal is
+        # handled within a millisecond, so probing a little later nearly always avoids it.
+        time.sleep(0.02)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0):
+                    up = True
+            except OSError:
+                up = False
+            if up == listening:
+                return
+            time.sleep(0.01)
+        raise RuntimeError(f"the simulated RunPod did not {'revive' if listening else 'die'}")
 
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.process.poll() is None:
@@ -684,6 +973,8 @@ class SimProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout_s)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
     def __enter__(self) -> SimProcess:
         return self
@@ -708,10 +999,29 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--api-key", default="sim-key")
     parser.add_argument("--endpoint-id", default="sim-endpoint")
     parser.add_argument("--result-ttl-s", type=float, default=1800.0)
+    parser.add_argument("--validate", type=_flag, default=True)
+    parser.add_argument("--rate-limits", type=_flag, default=False)
+    parser.add_argument("--rate-scale", type=float, default=1.0)
     parser.add_argument(
-        "--validate", type=lambda s: s.lower() in ("1", "true", "yes"), default=True
+        "--limits",
+        type=_limits,
+        default=None,
+        help='JSON route -> [count, window_s], e.g. {"run": [1000, 10]}',
     )
+    parser.add_argument("--retry-after-form", choices=RETRY_AFTER_FORMS, default="seconds")
+    parser.add_argument("--queue-limit-per-worker", type=int, default=500)
+    parser.add_argument("--gzip", type=_flag, default=False)
     return parser.parse_args(argv)
+
+
+def _flag(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes")
+
+
+def _limits(text: str) -> dict[str, tuple[int, float]]:
+    return {
+        route: (int(count), float(window)) for route, (count, window) in json.loads(text).items()
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -724,6 +1034,8 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGUSR1, lambda *_: sim.kill_soon())
+    signal.signal(signal.SIGUSR2, lambda *_: sim.revive_soon())
     while not stop.wait(0.5):
         pass
     sim.stop()

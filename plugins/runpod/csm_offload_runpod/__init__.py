@@ -99,7 +99,7 @@ class RunPodSettings:
     #: Send short jobs to /runsync, which returns their audio on the same request.
     use_runsync: bool = True
     #: Jobs predicted to take at most this many worker seconds are short.
-    runsync_max_s: float = attrs.field(default=20.0, validator=_non_negative)
+    runsync_max_s: float = attrs.field(default=120.0, validator=_non_negative)
     #: Worker seconds per character of text, for estimates and the runsync choice.
     seconds_per_char: float = attrs.field(default=0.05, validator=_non_negative)
     #: Worker seconds every job costs on top of its text (decoding, encoding, upload).
@@ -107,6 +107,8 @@ class RunPodSettings:
     #: A job queued longer than this makes `poll` look at /health: crash-looping workers
     #: leave jobs queued forever, and the runner should fail over instead of waiting.
     stuck_after_s: float = attrs.field(default=120.0, validator=_non_negative)
+    #: Seconds any call except a /runsync long-poll may take, its whole body included.
+    call_total_s: float = attrs.field(default=api.CALL_TOTAL_S, validator=_non_negative)
 
     def __attrs_post_init__(self) -> None:
         if not self.api_key:
@@ -171,7 +173,13 @@ async def _judged_health(
     """GET /health and judge it; raises the typed error when the call itself fails."""
     endpoint = settings.endpoint()
     data, _raw = await api.call(
-        http, "GET", endpoint.route("health"), "health", settings.api_key.reveal(), target.name
+        http,
+        "GET",
+        endpoint.route("health"),
+        "health",
+        settings.api_key.reveal(),
+        target.name,
+        total_s=settings.call_total_s,
     )
     counts = parse_health_counts(data, target.name)
     found = judge_health(counts, _last_queue.get(endpoint.url), time.time())
@@ -240,7 +248,7 @@ async def submit(target: Target, batch: list[SpeechRequest], http: httpx.AsyncCl
     route = _choose_route(settings, predicted, len(body), target.name)
     endpoint = settings.endpoint()
     params = None
-    total_s = api.CALL_TOTAL_S
+    total_s = settings.call_total_s
     if route == "runsync":
         wait = api.wait_ms(predicted)
         params, total_s = {"wait": str(wait)}, api.runsync_total_s(wait)
@@ -293,6 +301,7 @@ async def poll(target: Target, handle: JobHandle, http: httpx.AsyncClient) -> Jo
         "status",
         settings.api_key.reveal(),
         target.name,
+        total_s=settings.call_total_s,
     )
     status = parse_status(data, handle.request_ids, target.name)
     if status.state is JobState.QUEUED:
@@ -342,6 +351,7 @@ async def cancel(target: Target, handle: JobHandle, http: httpx.AsyncClient) -> 
             settings.api_key.reveal(),
             target.name,
             content=b"",
+            total_s=settings.call_total_s,
         )
     except JobLost:
         return  # already gone: cancelling it is done
