@@ -10,6 +10,7 @@ to be (the simulator counts every generation).
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -104,23 +105,23 @@ def assert_complete(result: RunResult, requests: list[SpeechRequest]) -> None:
     assert {o.request_id for o in result.outcomes.values() if o.ok} == {r.id for r in requests}
 
 
-@pytest.mark.parametrize("form", ["seconds", "http-date", "alternate"])
-def test_a_burst_of_429s_is_paced_not_failed(tmp_path: Path, form: str) -> None:
+def test_a_burst_of_429s_is_paced_not_failed(tmp_path: Path) -> None:
     """Under RunPod's documented limits (windows scaled down to a tenth of a second), a run
     far above the allowed rate finishes with no failure: 429s slow it down, never count
-    against the target, and nothing runs twice."""
+    against the target, and nothing runs twice. The 429s carry `Retry-After` in both forms,
+    delta-seconds and HTTP-date, in turn."""
     with SimulatedRunPod(
         workers=50,
         seconds_per_char=0.0002,
         rate_limits=True,
         rate_scale=0.01,
-        retry_after_form=form,
+        retry_after_form="alternate",
     ) as sim:
-        requests = requests_for(300, "short")
+        requests = requests_for(150, "short")
         result, runner = run_against([("sim", sim)], requests, tmp_path, extra="    max_batch: 1\n")
         stats = sim.stats()
     assert_complete(result, requests)
-    assert sum(stats["rate_limited"].values()) > 0, stats
+    assert sum(stats["rate_limited"].values()) >= 2, stats
     assert runner.pacers.limited(), "the runner saw no 429 at all"
     assert stats["executed_twice"] == 0
     assert not result.failures  # a 429 is never a failure of the target
@@ -234,8 +235,6 @@ def test_a_host_that_dies_mid_run_fails_over_within_the_bound(tmp_path: Path) ->
 
         def killer() -> None:
             asyncio.run(kill_soon())
-
-        import threading
 
         thread = threading.Thread(target=killer)
         thread.start()
