@@ -339,7 +339,7 @@ def test_long_jobs_use_run_and_status(sim: SimulatedRunPod) -> None:
 
 def test_runsync_that_outlasts_its_wait_is_polled() -> None:
     with SimulatedRunPod(workers=1, job_seconds=2.4) as slow:
-        t = target(slow, seconds_per_char=0.0, job_overhead_s=0.0)  # waits 2 s
+        t = target(slow, seconds_per_char=0.0, job_overhead_s=0.0, runsync_max_wait_s=2.0)
 
         async def go(http: httpx.AsyncClient) -> tuple[JobHandle, JobStatus]:
             handle = await rp.submit(target=t, batch=batch("Hi."), http=http)

@@ -107,6 +107,9 @@ class RunPodSettings:
     #: A job queued longer than this makes `poll` look at /health: crash-looping workers
     #: leave jobs queued forever, and the runner should fail over instead of waiting.
     stuck_after_s: float = attrs.field(default=120.0, validator=_non_negative)
+    #: Longest a /runsync request is held open (RunPod allows 300 s); lower it behind a proxy
+    #: that cuts idle connections sooner.
+    runsync_max_wait_s: float = attrs.field(default=300.0, validator=_non_negative)
     #: Seconds any call except a /runsync long-poll may take, its whole body included.
     call_total_s: float = attrs.field(default=api.CALL_TOTAL_S, validator=_non_negative)
 
@@ -250,7 +253,7 @@ async def submit(target: Target, batch: list[SpeechRequest], http: httpx.AsyncCl
     params = None
     total_s = settings.call_total_s
     if route == "runsync":
-        wait = api.wait_ms(predicted)
+        wait = api.wait_ms(predicted, settings.runsync_max_wait_s)
         params, total_s = {"wait": str(wait)}, api.runsync_total_s(wait)
     submitted_at = time.time()
     data, raw = await api.call(

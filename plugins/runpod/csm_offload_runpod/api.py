@@ -82,12 +82,12 @@ def run_body(batch_json: bytes) -> bytes:
     return b'{"input":' + batch_json + b"}"
 
 
-def wait_ms(predicted_s: float) -> int:
+def wait_ms(predicted_s: float, cap_s: float = MAX_WAIT_MS / 1000) -> int:
     """How long /runsync should hold the connection: three times the predicted run (a job may
     also queue behind others), at least 30 s. RunPod answers as soon as the job finishes, so a
     long wait costs nothing, while a short one costs a /status poll per job."""
-    wanted = int(predicted_s * 3000) + 5_000
-    return max(MIN_WAIT_MS, min(MAX_WAIT_MS, max(30_000, wanted)))
+    wanted = max(30_000, int(predicted_s * 3000) + 5_000)
+    return max(MIN_WAIT_MS, min(MAX_WAIT_MS, int(cap_s * 1000), wanted))
 
 
 def runsync_total_s(wait: int) -> float:
