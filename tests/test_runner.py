@@ -112,6 +112,18 @@ def test_batches_fill_up_when_there_is_work_for_every_slot(
     assert sorted(len(job.batch) for job in a.jobs.values()) == [4] * 10
 
 
+def test_long_runs_end_on_single_short_jobs(plugins: Plugins, tmp_path: Path) -> None:
+    a = ScriptedProvider("cloud_a")
+    requests = requests_for(80)
+    with registered_all(plugins, a=a):
+        result = run(
+            make_router(plugins, ONE.format(batch=4, in_flight=8)), requests, tmp_path / "j"
+        )
+    assert_all_ok(result, requests)
+    # Batches of 4, but the last slot's worth (8 shortest) go alone so no worker idles at the end.
+    assert sorted(len(job.batch) for job in a.jobs.values()) == [1] * 8 + [4] * 18
+
+
 def test_in_flight_cap_is_respected(plugins: Plugins, tmp_path: Path) -> None:
     a = ScriptedProvider("cloud_a", seconds_per_char=0.002)
     active = 0

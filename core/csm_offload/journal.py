@@ -232,6 +232,7 @@ def _handle_json(handle: JobHandle) -> str:
             "request_ids": list(handle.request_ids),
             "submitted_at": handle.submitted_at,
             "extra": dict(handle.extra),
+            "answered": handle.answered,
         }
     )
 
@@ -246,6 +247,7 @@ def _handle_from(raw: str | None) -> JobHandle | None:
         request_ids=tuple(data["request_ids"]),
         submitted_at=float(data["submitted_at"]),
         extra={str(k): str(v) for k, v in data.get("extra", {}).items()},
+        answered=bool(data.get("answered", False)),
     )
 
 

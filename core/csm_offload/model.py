@@ -188,6 +188,9 @@ class JobHandle:
     request_ids: tuple[str, ...] = attrs.field(converter=tuple)
     submitted_at: float = attrs.field(factory=time.time)
     extra: Mapping[str, str] = attrs.field(factory=dict, eq=False, hash=False)
+    #: The submission's answer already holds the job's final status (a long-poll route such
+    #: as RunPod's /runsync): the runner polls at once, and `poll` answers without a request.
+    answered: bool = attrs.field(default=False, eq=False, hash=False)
 
 
 @attrs.frozen

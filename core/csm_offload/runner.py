@@ -280,10 +280,21 @@ class Runner:
         # Longest first: the run's tail is then made of short jobs (and batches hold texts of
         # similar length, which pad less on the GPU).
         rest = sorted(by_id.values(), key=lambda r: len(r.text), reverse=True)
-        size = self._batch_size(plan, len(rest))
-        for start in range(0, len(rest), size):
-            tasks.append(self._batch(_Batch(rest[start : start + size]), plan))
+        tasks += [self._batch(_Batch(part), plan) for part in self._batches(plan, rest)]
         await asyncio.gather(*tasks)
+
+    def _batches(self, plan: Plan, rest: list[SpeechRequest]) -> list[list[SpeechRequest]]:
+        """Batches of `_batch_size`, except the last job slot's worth of (shortest) requests,
+        which go alone: the run then ends on short jobs spread over every worker instead of
+        a few batches that keep the last workers busy while the others idle."""
+        size = self._batch_size(plan, len(rest))
+        target = plan.first.target
+        slots = in_flight_for(target, self.router.health.get(target.name))
+        # Only in runs long enough that every slot gets several batches before the tail.
+        singles = slots if size > 1 and len(rest) > 2 * slots * size else 0
+        cut = max(0, len(rest) - singles)
+        head, tail = rest[:cut], rest[cut:]
+        return [head[i : i + size] for i in range(0, len(head), size)] + [[r] for r in tail]
 
     def _batch_size(self, plan: Plan, pending: int) -> int:
         """Up to the target's `max_batch`, but small enough that every job slot gets a job:
@@ -510,6 +521,9 @@ class Runner:
             sent, started = submitted
             next_at = started if started - sent >= 0.5 * first else started + first
         speed = self.speeds.of(target.name)
+        if handle.answered:
+            # The answer came with the submission: nothing to wait for, and nothing to pilot.
+            return await self._poll_loop(choice, handle, key, chars, started, started, False)
         blind = speed.predict(chars) is None
         # Before the target's first measurement, one job (the pilot) polls often, every 3 % of
         # its age; the others sleep until the pilot's measurement wakes them, with a slow

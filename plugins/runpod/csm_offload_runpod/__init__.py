@@ -275,7 +275,8 @@ async def submit(target: Target, batch: list[SpeechRequest], http: httpx.AsyncCl
         # result paid for is never lost, even if RunPod forgets the job a minute later.
         parse_status(data, request_ids, target.name)  # malformed answers fail here, not later
         extra[EXTRA_STATUS] = raw.decode("utf-8")
-    return JobHandle(target.name, job_id, request_ids, submitted_at, extra)
+    answered = EXTRA_STATUS in extra
+    return JobHandle(target.name, job_id, request_ids, submitted_at, extra, answered=answered)
 
 
 def _inline_status(handle: JobHandle) -> Any:
