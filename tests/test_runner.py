@@ -222,6 +222,22 @@ def test_per_request_error_retries_only_that_request(plugins: Plugins, tmp_path:
     assert all(a.submitted[r.id] == 1 for r in requests if r.id != bad)
 
 
+def test_an_error_that_recurs_is_not_retried_again(plugins: Plugins, tmp_path: Path) -> None:
+    a = ScriptedProvider("cloud_a")
+    requests = requests_for(3)
+    bad = requests[1].id
+    too_long = "prompt is 2100 tokens, over CSM's 2048-token context: use shorter text"
+    a.script("poll", *[lambda job: completed(job, {bad: too_long}) for _ in range(10)])
+    with registered_all(plugins, a=a):
+        result = run(
+            make_router(plugins, ONE.format(batch=3, in_flight=1)), requests, tmp_path / "j"
+        )
+    # Two identical answers, then the request fails alone; the others are kept.
+    assert a.submitted[bad] == 2
+    assert "not retried" in (result.outcomes[bad].error or "")
+    assert all(result.outcomes[r.id].ok for r in requests if r.id != bad)
+
+
 def test_rejected_request_is_not_sent_again(plugins: Plugins, tmp_path: Path) -> None:
     a = ScriptedProvider("cloud_a")
     a.script("submit", Rejected("text too long"))

@@ -185,6 +185,7 @@ class _Batch:
     requests: list[SpeechRequest]
     failures: Counter[str] = attrs.field(factory=Counter)
     request_failures: Counter[str] = attrs.field(factory=Counter)
+    last_errors: dict[str, str] = attrs.field(factory=dict)
     max_batch: int | None = None
     last_target: str | None = None
     delay: float = 0.0
@@ -759,10 +760,15 @@ class Runner:
         for request_id, error in failed.items():
             batch.request_failures[request_id] += 1
             self._record_failure(choice.target.name, error)
-            if batch.request_failures[request_id] > self.settings.retry.max_retries:
-                self._fail_all([r for r in part if r.id == request_id], error)
+            # A worker that gives the same error for the same request twice will give it
+            # again (text too long for the voice, bad context audio): stop paying for it.
+            recurs = error.startswith("worker error") and batch.last_errors.get(request_id) == error
+            batch.last_errors[request_id] = error
+            if recurs or batch.request_failures[request_id] > self.settings.retry.max_retries:
+                why = f"{error} (the same error twice: not retried)" if recurs else error
+                self._fail_all([r for r in part if r.id == request_id], why)
                 batch.requests = [r for r in batch.requests if r.id != request_id]
-        if failed and not done:
+        if failed and not done and batch.requests:
             # Worker errors may be the worker's state: back off. Missing or unreadable
             # results are final answers: resubmit at once.
             worker = any(e.startswith("worker error") for e in failed.values())

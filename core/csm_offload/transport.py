@@ -11,7 +11,7 @@ from __future__ import annotations
 import httpx
 
 #: Connections per shard; the number of shards follows from the client's connection limit.
-SHARD_CONNECTIONS = 32
+SHARD_CONNECTIONS = 8
 
 
 class ShardedTransport(httpx.AsyncBaseTransport):
