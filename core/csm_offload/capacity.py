@@ -14,9 +14,10 @@ import collections
 from .model import Health
 from .target import Target
 
-#: Jobs kept queued at the provider beyond its workers: a quarter of the workers, at least
-#: this many. Enough that a freed worker starts its next job at once; few enough that a job's
-#: queue time stays short of its own run time (long queues make its finish hard to predict).
+#: Jobs kept queued at the provider beyond its workers: half the workers, at least this many.
+#: Enough that a freed worker starts its next job at once even when many finish together (the
+#: client's answer to a burst of completions takes a moment); few enough that a job's queue
+#: time stays short of its own run time.
 MIN_HEADROOM = 2
 
 
@@ -25,7 +26,7 @@ def in_flight_for(target: Target, health: Health | None) -> int:
     if not target.adaptive_in_flight or health is None or not health.workers:
         return target.max_in_flight
     workers = health.workers
-    return max(target.max_in_flight, workers + max(MIN_HEADROOM, workers // 4))
+    return max(target.max_in_flight, workers + max(MIN_HEADROOM, workers // 2))
 
 
 class Capacity:
