@@ -317,6 +317,7 @@ def test_a_damaged_inline_answer_is_asked_for_again(sim: SimulatedRunPod) -> Non
 
     async def go(http: httpx.AsyncClient) -> JobStatus:
         handle = await rp.submit(target=t, batch=batch("Hello again."), http=http)
+        rp._parsed.take(handle.job_id)  # as in a new process: nothing parsed in memory yet
         damaged = attrs.evolve(handle, extra={**handle.extra, "status": '{"id": "j", "sta'})
         return await rp.poll(target=t, handle=damaged, http=http)
 

@@ -453,7 +453,7 @@ class Runner:
             self.journal.job_finished(key, jr.FAILED, actual_usd=0.0, error=_describe(exc))
             self._committed -= reserved.amount
             raise self._attempt_error(target.name, exc, batch) from None
-        self.journal.job_submitted(key, handle)
+        self.journal.job_submitted(key, _journaled(handle))
         self._emit("submitted", part[0].id, target.name, f"{len(part)} requests")
         return key, handle, reserved
 
@@ -1047,6 +1047,20 @@ class Runner:
     async def _sleep(self, seconds: float) -> None:
         if seconds > 0:
             await asyncio.sleep(min(seconds, max(0.0, self._deadline - time.monotonic())))
+
+
+#: Bytes of one `JobHandle.extra` value kept in the journal for an answered handle.
+_ANSWERED_EXTRA_BYTES = 4096
+
+
+def _journaled(handle: JobHandle) -> JobHandle:
+    """The handle as the journal keeps it. An answered handle carries the job's whole answer
+    (audio included), which its results are stored from a moment later: journaling it too
+    doubled the journal's work per job. A run that dies in between re-attaches by job id."""
+    if not handle.answered:
+        return handle
+    slim = {k: v for k, v in handle.extra.items() if len(v) <= _ANSWERED_EXTRA_BYTES}
+    return attrs.evolve(handle, extra=slim, answered=False)
 
 
 def _sane(audio: object) -> bool:

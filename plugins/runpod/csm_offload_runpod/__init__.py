@@ -273,10 +273,32 @@ async def submit(target: Target, batch: list[SpeechRequest], http: httpx.AsyncCl
     if route == "runsync" and data.get("status") not in ("IN_QUEUE", "IN_PROGRESS"):
         # The answer is final (often with the audio): keep it, so poll needs no request and a
         # result paid for is never lost, even if RunPod forgets the job a minute later.
-        parse_status(data, request_ids, target.name)  # malformed answers fail here, not later
+        # Malformed answers fail here, not later; the parsed status is kept for the poll
+        # that follows at once, so the audio is not decoded from JSON twice.
+        _parsed.put(job_id, parse_status(data, request_ids, target.name))
         extra[EXTRA_STATUS] = raw.decode("utf-8")
     answered = EXTRA_STATUS in extra
     return JobHandle(target.name, job_id, request_ids, submitted_at, extra, answered=answered)
+
+
+class _ParsedAnswers:
+    """Finished /runsync answers parsed at submit, waiting for their first poll (bounded:
+    a poll that never comes costs nothing but a slot here, and the handle can be re-parsed)."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._items: dict[str, JobStatus] = {}
+
+    def put(self, job_id: str, status: JobStatus) -> None:
+        if len(self._items) >= self.limit:
+            self._items.pop(next(iter(self._items)))
+        self._items[job_id] = status
+
+    def take(self, job_id: str) -> JobStatus | None:
+        return self._items.pop(job_id, None)
+
+
+_parsed = _ParsedAnswers()
 
 
 def _inline_status(handle: JobHandle) -> Any:
@@ -294,6 +316,9 @@ def _inline_status(handle: JobHandle) -> Any:
 @hookimpl
 async def poll(target: Target, handle: JobHandle, http: httpx.AsyncClient) -> JobStatus:
     settings = _settings(target)
+    parsed = _parsed.take(handle.job_id)
+    if parsed is not None:
+        return parsed
     inline = _inline_status(handle)
     if inline is not None:
         return parse_status(inline, handle.request_ids, target.name)
