@@ -148,7 +148,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--rate-limits", action="store_true", help="the simulator enforces RunPod's limits"
     )
+    parser.add_argument(
+        "--unpaced",
+        action="store_true",
+        help="the client ignores RunPod's published limits (to measure its own capacity)",
+    )
     args = parser.parse_args(argv)
+    if args.unpaced:
+        import attrs
+        import csm_offload_runpod
+
+        limits = csm_offload_runpod.LIMITS
+        csm_offload_runpod.LIMITS = attrs.evolve(limits, submit_rate=None, poll_rate=None)
     lengths = _lengths(args.segments, args.chars)
     requests = _requests(lengths)
     mean = sum(lengths) / len(lengths)
@@ -181,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         "workers": args.workers,
         "job_seconds": args.job_seconds,
         "rate_limits": args.rate_limits,
+        "unpaced": args.unpaced,
         "jobs": jobs,
         "failed": failed,
         "wall_s": round(wall, 2),
