@@ -20,7 +20,7 @@ install-light: $(BIN)/python
 # Everything, with the test tools and the local CSM engine (torch, torchaudio, transformers).
 install-all: $(BIN)/python
 	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -e '.[test]' $(LIGHT_PLUGINS) -e plugins/local_csm -r tests/requirements.txt
+	$(PIP) install --quiet -e '.[test]' $(LIGHT_PLUGINS) -e plugins/local_csm -e examples/provider_acme -r tests/requirements.txt
 
 # README command one: speak the example text with whatever target is usable (on a fresh machine
 # with no keys and no GPU that is the free eSpeak draft voice) and say which target made it, why.

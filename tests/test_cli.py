@@ -100,9 +100,10 @@ def test_config_check_reports_bad_provider_settings(tmp_path: Path) -> None:
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     (tmp_path / "csm-offload.yaml").write_text(BAD)
-    result = run("--debug", "config", "check", cwd=tmp_path)
-    assert result.returncode != 0
+    result = run("--debug", "providers", "--offline", cwd=tmp_path)
+    assert result.returncode == 2
     assert "Traceback" in result.stderr
+    assert "audio.cloud_gpu.max_retries: expected an integer" in result.stderr
 
 
 def test_config_check_passes_and_lists_unusable_targets(tmp_path: Path) -> None:
@@ -139,3 +140,80 @@ def test_version_and_help(tmp_path: Path) -> None:
     for command in ("plugins", "providers", "config"):
         assert command in help_text
     assert "Generate speech with Sesame CSM" in help_text
+
+
+DEAD = """\
+providers:
+  down:
+    kind: runpod
+    endpoint_url: http://127.0.0.1:9/v2/gone
+    api_key: ${RUNPOD_API_KEY}
+  espeak:
+    kind: espeak
+"""
+
+
+def test_providers_asks_health_and_shows_a_down_server_as_unhealthy(tmp_path: Path) -> None:
+    (tmp_path / "csm-offload.yaml").write_text(DEAD)
+    env = {"RUNPOD_API_KEY": "rp-key-for-a-dead-host"}
+    result = run("providers", "--json", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["down"]["state"] == "unhealthy" and not rows["down"]["usable"]
+    assert rows["down"]["health_checked"]
+    assert "RunPod health" in rows["down"]["reason"]
+    assert rows["espeak"]["state"] == "usable"
+    table = run("providers", cwd=tmp_path, env=env)
+    assert "unhealthy" in table.stdout and "yes" not in table.stdout
+    assert "rp-key-for-a-dead-host" not in table.stdout + table.stderr + result.stdout
+
+
+def test_providers_offline_skips_health_and_says_so(tmp_path: Path) -> None:
+    (tmp_path / "csm-offload.yaml").write_text(DEAD)
+    env = {"RUNPOD_API_KEY": "rp-key-for-a-dead-host"}
+    result = run("providers", "--offline", "--json", cwd=tmp_path, env=env)
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["down"]["state"] == "usable" and not rows["down"]["health_checked"]
+    assert "health not checked: --offline" in rows["down"]["reason"]
+    table = run("providers", "--offline", cwd=tmp_path, env=env)
+    assert "health not checked (--offline)" in table.stdout
+
+
+EVERY_ERROR = """\
+providers:
+  rp:
+    kind: runpod
+    endpoint_id: abc
+    api_key: ${RUNPOD_API_KEY}
+    use_runsync: maybe
+  es:
+    kind: espeak
+    rate: fast
+    voice_name: en
+"""
+
+
+def test_config_check_lists_every_error_of_every_target(tmp_path: Path) -> None:
+    (tmp_path / "csm-offload.yaml").write_text(EVERY_ERROR)
+    result = run("config", "check", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "config OK" not in result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert lines == [
+        "error: csm-offload.yaml:6: providers.rp.use_runsync: expected true or false, got str",
+        "error: csm-offload.yaml:5: providers.rp.api_key: needs RUNPOD_API_KEY: set it in the "
+        "environment or in a .env file",
+        "error: csm-offload.yaml:9: providers.es.rate: expected an integer, got str",
+        "error: csm-offload.yaml:10: providers.es.voice_name: unknown field(s) voice_name",
+    ]
+    assert "4 errors in csm-offload.yaml" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_check_is_ok_only_when_nothing_is_wrong(tmp_path: Path) -> None:
+    (tmp_path / "csm-offload.yaml").write_text(DEAD)
+    unset = run("config", "check", cwd=tmp_path)
+    assert unset.returncode == 2 and "needs RUNPOD_API_KEY" in unset.stderr
+    fine = run("config", "check", cwd=tmp_path, env={"RUNPOD_API_KEY": "a-key-that-is-set"})
+    assert fine.returncode == 0, fine.stderr
+    assert fine.stdout.startswith("config OK: csm-offload.yaml (2 targets, 2 usable now)")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,6 +15,11 @@ from hypothesis import strategies as st
 from csm_offload import Audio
 from csm_offload.chunking import chunk_text
 from csm_offload.cli import main
+from csm_offload.cli.synth import DEFAULT_CHUNK_CHARS
+from csm_offload.journal import Journal
+from csm_offload.manager import CHUNK_PAUSE_S, join_audio
+from csm_offload.model import SpeechRequest
+from csm_offload.output import AudioWriter
 from tests.sim.runpod_cloud import SimulatedRunPod
 
 SIM_CONFIG = """
@@ -231,3 +238,91 @@ def test_chunks_break_at_sentences_first() -> None:
     chunks = chunk_text(text, 45)
     assert chunks[0] == "First sentence here. Second one! A third?"
     assert all(c[-1] in ".!?" for c in chunks)
+
+
+# --- long outputs: written segment by segment ---------------------------------------------------
+
+
+def _tones(count: int, seconds: float, rate: int = 24_000) -> list[Audio]:
+    t = np.arange(round(seconds * rate)) / rate
+    return [
+        Audio((0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t)).astype(np.float32), rate)
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+def test_the_writer_equals_joining_in_memory(tmp_path: Path, fmt: str) -> None:
+    parts = [*_tones(3, 0.5), *_tones(1, 0.25, rate=16_000), *_tones(1, 0.001)]
+    with AudioWriter(tmp_path / f"out.{fmt}", fmt, CHUNK_PAUSE_S) as writer:  # type: ignore[arg-type]
+        for part in parts:
+            writer.add(part)
+        writer.commit()
+    assert (tmp_path / f"out.{fmt}").read_bytes() == join_audio(parts).encode(fmt)  # type: ignore[arg-type]
+    assert writer.duration == pytest.approx(join_audio(parts).duration)
+    with AudioWriter(tmp_path / f"empty.{fmt}", fmt) as writer:  # type: ignore[arg-type]
+        writer.commit()
+    assert Audio.decode((tmp_path / f"empty.{fmt}").read_bytes()).frames == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"empty.{fmt}", f"out.{fmt}"])
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_failed_write_leaves_neither_file_nor_tmp(tmp_path: Path) -> None:
+    (tmp_path / "out.wav").write_bytes(b"the previous take")
+
+    def interrupted() -> None:
+        with AudioWriter(tmp_path / "out.wav", "wav") as writer:
+            writer.add(_tones(1, 0.1)[0])
+            raise RuntimeError("the run stopped here")
+
+    with pytest.raises(RuntimeError):
+        interrupted()
+    assert (tmp_path / "out.wav").read_bytes() == b"the previous take"
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
+
+
+def _journaled_text(workdir: Path, chars: int, seconds: float) -> str:
+    """A text without punctuation whose every segment is already in the journal (as the
+    draft voice's), so `synth --draft` only assembles: no engine, no network."""
+    words = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta")
+    text = " ".join(words[(i * 7) % 6] + str(i % 97) for i in range(chars // 7))[:chars]
+    tones = _tones(7, seconds)
+    with Journal(workdir / ".csm-offload" / "journal.sqlite3") as journal:
+        shas = [journal.put_audio(tone) for tone in tones]
+        for index, piece in enumerate(chunk_text(text, DEFAULT_CHUNK_CHARS)):
+            sha = shas[index % len(shas)]
+            journal.record_result(SpeechRequest(piece).id, "draft", "espeak", None, sha, 1000)
+    return text
+
+
+def _peak_of_synth(workdir: Path, text: str, output: str) -> int:
+    (workdir / "long.txt").write_text(text)
+    tracemalloc.start()
+    try:
+        code = cli(
+            "--config", "espeak.yaml", "synth", "long.txt", "-o", output, "--draft", "--quiet"
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code == 0
+    return peak
+
+
+def test_memory_does_not_grow_with_the_length_of_the_text(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workdir / "espeak.yaml").write_text("providers:\n  espeak:\n    kind: espeak\n")
+    _peak_of_synth(workdir, _journaled_text(workdir, 2_000, 1.0), "warm.wav")  # imports
+    short = _peak_of_synth(workdir, _journaled_text(workdir, 20_000, 2.0), "short.wav")
+    long = _peak_of_synth(workdir, _journaled_text(workdir, 200_000, 2.0), "long.wav")
+    out = capsys.readouterr().out
+    assert "0 segments from the journal" not in out
+    long_audio = (workdir / "long.wav").stat().st_size
+    # Ten times the text, ten times the audio (about 70 MB of WAV), but not ten times the memory:
+    # only the text and its segment list grow, never the audio held.
+    assert long_audio > 9 * (workdir / "short.wav").stat().st_size
+    assert long < 3 * short, (short, long)
+    assert long < long_audio / 4, (long, long_audio)
+    meta = json.loads((workdir / "long.wav.json").read_text())
+    assert meta["duration_s"] == pytest.approx(long_audio / 48_000, rel=0.01)

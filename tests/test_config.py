@@ -125,7 +125,7 @@ def _error(text: str, env: dict[str, str] | None = None) -> str:
         ("- 1\n- 2\n", "test.yaml:1: (top level): the file must be a mapping"),
         ("providers:\n  x:\n    gpu: A40\n", "test.yaml:2: providers.x: missing `kind`"),
         ("providers: [1]\n", "test.yaml:1: providers: expected a mapping"),
-        ("run:\n  max_usd: ${BUDGET}\n", "test.yaml:1: run: ${BUDGET} is not set"),
+        ("run:\n  max_usd: ${BUDGET}\n", "test.yaml:2: run.max_usd: ${BUDGET} is not set"),
         (
             "providers:\n  x:\n    kind: espeak\n    usd_per_hour: 1\n    usd_per_second: 1\n",
             "test.yaml:2: providers.x: give usd_per_second or usd_per_hour, not both",
@@ -258,3 +258,100 @@ def test_interpolation_default_applies_only_when_unset(name: str, default: str) 
     assert interpolate(f"${{{name}:-{default}}}", {name: "set"}, missing) == "set"
     assert interpolate(f"${{{name}}}", {}, missing) == ""
     assert missing == {name}
+
+
+# --- every error, not the first -------------------------------------------------------------
+
+MANY_ERRORS = """\
+audio:
+  cloud_gpu:
+    max_retries: lots
+    parallel_workers: many
+providers:
+  rp:
+    kind: runpod
+    api_key: ${UNSET_KEY_FOR_TEST}
+    endpoint_id: abc
+    use_runsync: maybe
+    endpont: typo
+  es:
+    kind: espeak
+    rate: fast
+    max_batch: big
+  nokind:
+    gpu: A40
+extra: 1
+"""
+
+
+def test_a_lenient_load_keeps_every_error_with_its_line() -> None:
+    config = load_config_text(MANY_ERRORS, "test.yaml", {}, strict=False)
+    assert config.errors == (
+        "test.yaml:18: extra: unknown key; expected audio, providers or run",
+        "test.yaml:3: audio.cloud_gpu.max_retries: expected an integer, got str",
+        "test.yaml:4: audio.cloud_gpu.parallel_workers: expected an integer, got str",
+    )
+    checks = {
+        c.name: c for c in check_targets(config, load_plugins(["runpod", "espeak"]).providers)
+    }
+    rp = checks["rp"]
+    # The unset key is one problem among the others, not a reason to hide them.
+    assert rp.needs == ("needs UNSET_KEY_FOR_TEST: set it in the environment or in a .env file",)
+    assert rp.errors == (
+        "test.yaml:10: providers.rp.use_runsync: expected true or false, got str",
+        "test.yaml:11: providers.rp.endpont: unknown field(s) endpont",
+    )
+    assert checks["es"].errors == (
+        "test.yaml:15: providers.es.max_batch: expected an integer, got str",
+        "test.yaml:14: providers.es.rate: expected an integer, got str",
+    )
+    assert checks["nokind"].errors[0].startswith("test.yaml:16: providers.nokind: missing `kind`")
+
+
+def test_a_strict_load_raises_the_first_error_in_the_file() -> None:
+    assert "test.yaml:3: audio.cloud_gpu.max_retries" in _error(MANY_ERRORS)
+
+
+def test_an_unset_key_does_not_echo_as_a_wrong_value() -> None:
+    text = "providers:\n  rp:\n    kind: runpod\n    api_key: ${UNSET_KEY_FOR_TEST}\n"
+    text += "    endpoint_url: ${UNSET_URL_FOR_TEST}\n"
+    [check] = check_targets(load(text), load_plugins(["runpod"]).providers)
+    assert check.errors == () and not check.invalid
+    assert check.reason == (
+        "needs UNSET_KEY_FOR_TEST and UNSET_URL_FOR_TEST: set them in the environment or in a "
+        ".env file"
+    )
+
+
+def test_a_settings_check_error_points_at_its_field() -> None:
+    text = "providers:\n  rp:\n    kind: runpod\n    endpoint_id: abc\n    api_key: ''\n"
+    [check] = check_targets(load(text), load_plugins(["runpod"]).providers)
+    assert check.errors == (
+        "test.yaml:5: providers.rp.api_key: empty; set RUNPOD_API_KEY or the target's api_key",
+    )
+
+
+def test_env_values_are_never_parsed_as_yaml() -> None:
+    text = WITH_PROVIDERS.replace("kind: runpod", "kind: keyed")
+    for value in ("@x", "[a", "*b", "%c", "`d", "pass #word", " spaced ", "123456", "yes", "null"):
+        env = {**ENV, "RUNPOD_API_KEY": value}
+        assert load(text, env).providers[0].settings["api_key"] == value
+
+
+def test_secret_settings_fed_from_the_environment_are_scrubbed() -> None:
+    from csm_offload.scrub import scrub
+
+    key = "keyed-env-secret-123"
+    config = load(
+        WITH_PROVIDERS.replace("kind: runpod", "kind: keyed"), {**ENV, "RUNPOD_API_KEY": key}
+    )
+    keyed = FakeProvider("keyed", settings_type=KeyedSettings)
+    plugins = Plugins()
+    with registered(plugins, keyed, "keyed"):
+        check_targets(config, plugins.providers)
+    assert scrub(f"echo {key}") == "echo ***"
+
+
+def test_fifty_thousand_levels_of_flow_nesting_are_one_error() -> None:
+    message = _error("run: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    assert message.startswith("test.yaml:1: nested deeper than 40 levels")

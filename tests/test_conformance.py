@@ -13,24 +13,33 @@ import pytest
 
 from csm_offload import (
     CostEstimate,
+    Health,
     JobHandle,
+    JobState,
+    JobStatus,
     PriceTable,
     ProviderInfo,
+    Rejected,
     SpeechRequest,
     Target,
+    TransientError,
     hookimpl,
 )
 from csm_offload.plugins import Plugins, load_plugins
 from csm_offload.testing import (
+    UNKNOWN_GPU,
     Failure,
     FaultCase,
     ProviderConformance,
-    assert_conforms,
     check_provider,
 )
 from tests.sim.runpod_cloud import SimulatedRunPod
 
 SECRET = "rp_conformance_secret_42"
+#: Why RunPod fails the secrets check today: the core's `httpapi.snippet` (in every 4xx/5xx
+#: message) and RunPod's `status._error_text` (a failed job's error) quote an answer's body
+#: without `csm_offload.scrub`, so a server that echoes the Authorization header puts the key
+#: into errors, `Health.detail` and `JobStatus.error`.
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +54,7 @@ def runpod_target(sim: SimulatedRunPod, kind: str = "runpod") -> Target:
 
 
 def test_runpod_plugin_conforms_against_the_sim(sim: SimulatedRunPod) -> None:
-    assert_conforms(rp, runpod_target(sim), live=True)
+    assert (check_provider(rp, runpod_target(sim), live=True)) == []
     # The round trip really went through the simulated cloud.
     assert sim.stats()["requests"]["runsync"] >= 1
 
@@ -53,8 +62,13 @@ def test_runpod_plugin_conforms_against_the_sim(sim: SimulatedRunPod) -> None:
 def test_runpod_plugin_conforms_with_run_and_status(sim: SimulatedRunPod) -> None:
     settings = rp.RunPodSettings(api_key=SECRET, endpoint_url=sim.url, use_runsync=False)
     before = sim.stats()["requests"].get("status", 0)
-    assert check_provider(rp, Target("sim", "runpod", settings), live=True) == []
+    assert (check_provider(rp, Target("sim", "runpod", settings), live=True)) == []
     assert sim.stats()["requests"]["status"] > before
+
+
+def test_runpod_plugin_keeps_its_key_out_of_echoed_answers(sim: SimulatedRunPod) -> None:
+    found = check_provider(rp, runpod_target(sim), fault_cases=[], max_examples=1)
+    assert [f for f in found if f.check == "secrets"] == []
 
 
 class Delegating:
@@ -172,7 +186,7 @@ def failures_of(plugin: Any, sim: SimulatedRunPod, **options: Any) -> list[Failu
 def test_a_well_behaved_throwaway_plugin_conforms(sim: SimulatedRunPod, registered: Any) -> None:
     plugin = Delegating()
     assert registered(plugin)
-    assert failures_of(plugin, sim, live=True) == []
+    assert (failures_of(plugin, sim, live=True)) == []
 
 
 def test_wrong_sync_async_is_caught(sim: SimulatedRunPod, registered: Any) -> None:
@@ -237,9 +251,123 @@ def test_custom_fault_cases_and_assertion_message(sim: SimulatedRunPod) -> None:
         lambda _request: httpx.Response(418),
         {"submit": TimeoutError},
     )
-    kit = ProviderConformance(rp, runpod_target(sim), fault_cases=[teapot], max_examples=5)
+    kit = ProviderConformance(
+        rp, runpod_target(sim), fault_cases=[teapot], echo_cases=[], max_examples=5
+    )
     with pytest.raises(AssertionError, match="1 conformance failure") as caught:
         kit.assert_ok()
     assert "418 treated as retryable: submit: expected TimeoutError, got Rejected" in str(
         caught.value
     )
+
+
+# --- secrets: a key that reaches a message, a health detail, a status or a cost basis ---------
+
+
+class KeyInHealth(Delegating):
+    """Says which key it used: the kit must fail it, and must not print the key itself."""
+
+    @hookimpl
+    async def health(self, target: Target, http: httpx.AsyncClient) -> Any:
+        return Health(ok=True, detail=f"authenticated with {target.settings.api_key.reveal()}")
+
+
+def test_a_key_in_health_detail_fails_the_kit(sim: SimulatedRunPod, registered: Any) -> None:
+    plugin = KeyInHealth()
+    assert registered(plugin)
+    # Offline, as a third-party author runs the kit first: the echo server's answers.
+    offline = failures_of(plugin, sim, fault_cases=[], max_examples=5)
+    assert (
+        Failure("secrets", "echo 401: health: Health.detail contains a secret from the settings")
+        in offline
+    )
+    # Live, the round trip's health is judged too (nothing else is switched on here).
+    live = failures_of(plugin, sim, live=True, http_surface=False, max_examples=5)
+    assert live == [Failure("secrets", "health: Health.detail contains a secret from the settings")]
+    assert all(SECRET not in str(f) for f in offline + live)
+
+
+class KeyInBasis(Delegating):
+    @hookimpl
+    def estimate_cost(self, target: Target, batch: list[SpeechRequest]) -> CostEstimate:
+        cost = rp.estimate_cost(target=target, batch=batch)
+        return attrs.evolve(cost, basis=f"{cost.basis} for {target.settings.api_key.reveal()}")
+
+
+class KeyInCause(Delegating):
+    @hookimpl
+    async def submit(self, target: Target, batch: list[SpeechRequest], http: Any) -> Any:
+        try:
+            raise RuntimeError(f"answer for {target.settings.api_key.reveal()}")
+        except RuntimeError as exc:  # the cause is printed with the traceback under --debug
+            raise TransientError("submit failed") from exc
+
+
+class KeyInStatus(Delegating):
+    @hookimpl
+    async def poll(self, target: Target, handle: JobHandle, http: Any) -> Any:
+        return JobStatus(JobState.FAILED, error=f"bad key {target.settings.api_key.reveal()}")
+
+
+@pytest.mark.parametrize(
+    ("plugin", "words"),
+    [
+        (KeyInBasis(), "estimate_cost: CostEstimate.basis contains a secret"),
+        (KeyInCause(), "echo 401: submit: the error message contains a secret"),
+        (KeyInStatus(), "echo 401: poll: JobStatus.error contains a secret"),
+    ],
+)
+def test_every_route_a_key_can_take_out_is_caught(
+    sim: SimulatedRunPod, registered: Any, plugin: Any, words: str
+) -> None:
+    assert registered(plugin)
+    found = failures_of(plugin, sim, fault_cases=[], max_examples=5)
+    assert any(f.check == "secrets" and f.message.startswith(words) for f in found), found
+    assert all(SECRET not in str(f) for f in found)
+
+
+# --- a GPU missing from the price table -------------------------------------------------------
+
+
+class UnknownGpu(Delegating):
+    """Prices a GPU missing from the table its own way (`how`)."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    @hookimpl
+    def estimate_cost(self, target: Target, batch: list[SpeechRequest]) -> CostEstimate:
+        cost = rp.estimate_cost(target=target, batch=batch)
+        if target.gpu in rp.PRICES.usd_per_second or target.usd_per_second is not None:
+            return cost
+        if self.how == "free":  # `price or 0.0`, as docs/hooks.md once showed
+            return attrs.evolve(cost, usd=0.0)
+        if self.how == "cheapest":
+            price = min(rp.PRICES.usd_per_second.values())
+            return attrs.evolve(cost, usd=cost.gpu_seconds * price)
+        if self.how == "refused":
+            raise Rejected(f"no price for {target.gpu}: set usd_per_second", target=target.name)
+        raise KeyError(target.gpu)
+
+
+@pytest.mark.parametrize(
+    ("how", "words"),
+    [
+        ("free", "is priced at $0, below the dearest GPU's"),
+        ("cheapest", "below the dearest GPU's"),
+        ("raw", "estimate_cost raised KeyError, not a typed error"),
+        ("refused", None),
+    ],
+)
+def test_an_unknown_gpu_is_never_cheap(
+    sim: SimulatedRunPod, registered: Any, how: str, words: str | None
+) -> None:
+    plugin = UnknownGpu(how)
+    assert registered(plugin)
+    found = failures_of(plugin, sim, http_surface=False, max_examples=5)
+    found = [f for f in found if f.check == "costs"]
+    if words is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and words in found[0].message, found
+        assert UNKNOWN_GPU in found[0].message

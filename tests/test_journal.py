@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import sqlite3
 from pathlib import Path
 
@@ -15,9 +16,13 @@ from csm_offload import UserError
 from csm_offload.journal import (
     ABANDONED,
     COMPLETED,
+    SCHEMA_VERSION,
     SUBMITTED,
     SUBMITTING,
     Journal,
+    JournalDamaged,
+    JournalError,
+    JournalFull,
     _handle_from,
     _handle_json,
 )
@@ -219,3 +224,123 @@ def test_handles_survive_the_journal(
     handle = JobHandle("target", job_id, tuple(request_ids), submitted_at, extra)
     back = _handle_from(_handle_json(handle))
     assert back == handle and dict(back.extra) == extra  # type: ignore[union-attr]
+
+
+# --- robustness: versions, damage, full disks ---------------------------------------------------
+
+
+def _user_version(path: Path) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_a_new_journal_is_stamped_with_the_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    Journal(path).close()
+    assert _user_version(path) == SCHEMA_VERSION
+
+
+def test_an_unversioned_journal_is_accepted_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    with Journal(path) as journal:
+        journal.store_result("id-1", "csm", "a", None, tone_for(SpeechRequest("kept")))
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 0")  # as journals were written before versions
+    db.close()
+    with Journal(path) as journal:
+        assert set(journal.cached(["id-1"], "csm")) == {"id-1"}
+    assert _user_version(path) == SCHEMA_VERSION
+
+
+def test_a_journal_from_a_newer_version_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE future (x)")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(JournalError) as info:
+        Journal(path)
+    assert str(info.value) == (
+        f"the journal {path} was written by a newer csm-offload (schema {SCHEMA_VERSION + 1}); "
+        "upgrade csm-offload or set run.journal to another file"
+    )
+    assert info.value.exit_code == 2
+    assert path.read_bytes() == before
+
+
+def test_a_file_that_is_not_a_database_is_named_with_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    path.write_bytes(b"definitely not SQLite " * 300)
+    with pytest.raises(JournalDamaged, match="is damaged") as info:
+        Journal(path)
+    message = str(info.value)
+    assert str(path) in message and "move it away" in message
+    assert f"finished audio in {tmp_path / 'audio'} is kept" in message
+
+
+def test_damaged_pages_are_found_before_any_work(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    with Journal(path) as journal:
+        journal.record_requests(SpeechRequest(f"sentence {i} " * 30) for i in range(300))
+    data = bytearray(path.read_bytes())
+    data[4096 * 3 : 4096 * 5] = b"\xa5" * 8192
+    path.write_bytes(bytes(data))
+    with pytest.raises(JournalDamaged, match="move it away"):
+        Journal(path)
+
+
+def _fill(journal: Journal) -> None:
+    """Let the database grow no further: SQLite then answers "database or disk is full", as
+    it does on a full disk."""
+    pages = journal.db.execute("PRAGMA page_count").fetchone()[0]
+    journal.db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def test_a_full_disk_under_the_journal_is_one_sentence(tmp_path: Path) -> None:
+    with Journal(tmp_path / "journal.sqlite3") as journal:
+        _fill(journal)
+        with pytest.raises(JournalFull) as info:
+            journal.record_requests(SpeechRequest(f"more text {i} " * 40) for i in range(400))
+        with pytest.raises(JournalFull):
+            journal.begin_job("a", "csm", [f"request-{i:05}" * 8 for i in range(5_000)], 0.01)
+    assert "no space left on the disk of the journal" in str(info.value)
+    assert "set run.journal to a file on another disk" in str(info.value)
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "message"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), JournalFull, "no space left"),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), JournalFull, "no space left"),
+        (PermissionError(errno.EACCES, "Permission denied"), JournalError, "cannot write"),
+        (OSError(errno.EIO, "Input/output error"), JournalError, "failed a read or write"),
+        (OSError(errno.ENAMETOOLONG, "File name too long"), OSError, "File name too long"),
+    ],
+)
+def test_a_failed_audio_write_leaves_no_tmp_file(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    error: OSError,
+    kind: type[Exception],
+    message: str,
+) -> None:
+    real = Path.write_bytes
+
+    def failing(self: Path, data: bytes) -> int:
+        real(self, data[: len(data) // 2])  # half written, as a full disk leaves it
+        raise error
+
+    with Journal(tmp_path / "journal.sqlite3") as journal:
+        monkeypatch.setattr(Path, "write_bytes", failing)
+        with pytest.raises(kind, match=message):
+            journal.put_audio(tone_for(SpeechRequest("lost")))
+        monkeypatch.undo()
+        assert not [p for p in (tmp_path / "audio").rglob("*") if p.is_file()]
+        # Space freed: the same audio is stored whole.
+        sha = journal.put_audio(tone_for(SpeechRequest("lost")))
+        assert journal.audio_path(sha).is_file()

@@ -7,10 +7,12 @@ import textwrap
 import types
 from pathlib import Path
 
+import attrs
 import httpx
 import pytest
 
 from csm_offload import SpeechRequest, Target, hookimpl
+from csm_offload.config import TARGET_KEYS
 from csm_offload.plugins import Plugins, load_plugins
 
 from .conftest import registered
@@ -92,6 +94,33 @@ def test_two_plugins_cannot_claim_one_kind(plugins: Plugins) -> None:
             assert not ok
         assert "two plugins claim provider kind 'same'" in plugins.errors[0].error
         assert plugins.providers["same"].plugin is plugins.pm.get_plugin("first")
+
+
+@attrs.frozen
+class ShadowingSettings:
+    region: str = "eu"
+    gpu: str = "A100"
+    max_batch: int = 4
+
+
+@pytest.mark.parametrize("key", sorted(TARGET_KEYS))
+def test_a_settings_field_named_like_a_core_key_is_refused_at_load(
+    plugins: Plugins, key: str
+) -> None:
+    settings_type = attrs.make_class("Shadow", {key: attrs.field(default=None)})
+    with registered(plugins, FakeProvider("shadow", settings_type=settings_type), "shadow") as ok:
+        assert not ok
+    assert "shadow" not in plugins.providers
+    [error] = plugins.errors
+    assert f"settings field `{key}` of Shadow has the name of a core target key" in error.error
+    assert f"rename the field in the plugin (e.g. `shadow_{key}`)" in error.error
+
+
+def test_every_shadowing_field_is_named(plugins: Plugins) -> None:
+    provider = FakeProvider("shadow", settings_type=ShadowingSettings)
+    with registered(plugins, provider, "shadow") as ok:
+        assert not ok
+    assert "`gpu`, `max_batch` of ShadowingSettings" in plugins.load_errors()["shadow"]
 
 
 async def test_provider_hooks_reach_only_the_owning_plugin(plugins: Plugins) -> None:

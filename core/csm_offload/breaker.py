@@ -11,6 +11,8 @@ import enum
 import time
 from collections.abc import Callable
 
+from .scrub import scrub
+
 
 class BreakerState(enum.StrEnum):
     CLOSED = "closed"
@@ -84,7 +86,7 @@ class CircuitBreaker:
 
     def failure(self, reason: str) -> None:
         self.failures += 1
-        self.reason = reason
+        self.reason = scrub(reason)
         if self.opened_at is not None and self.probing:
             # The probe failed: stay open, and wait longer before the next one.
             self.cooldown_s = min(self.max_cooldown_s, self.cooldown_s * 2)
@@ -94,7 +96,7 @@ class CircuitBreaker:
 
     def trip(self, reason: str) -> None:
         """Open now: the provider said the target cannot take work (`Unavailable`)."""
-        self.reason = reason
+        self.reason = scrub(reason)
         if self.opened_at is not None and self.probing:
             self.cooldown_s = min(self.max_cooldown_s, self.cooldown_s * 2)
         self._open()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 
 from .model import Health
 from .target import Target
@@ -49,7 +50,9 @@ class Capacity:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # granted just as we were cancelled: give it back
             else:
-                self._waiters.remove(waiter)
+                # `_wake` may already have dropped it (a cancelled waiter is skipped).
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
             raise
 
     def release(self) -> None:

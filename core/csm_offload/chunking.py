@@ -53,11 +53,9 @@ def _words(text: str, max_chars: int) -> list[str]:
         return [text]
     out: list[str] = []
     for word in text.split(" "):
-        while len(word) > max_chars:  # one "word" over the limit: cut it
-            out.append(word[:max_chars])
-            word = word[max_chars:]
-        if word:
-            out.append(word)
+        # One "word" over the limit is cut. Slicing by index, not by shortening the rest,
+        # keeps a 10 MB word linear instead of copying megabytes per cut.
+        out.extend(word[start : start + max_chars] for start in range(0, len(word), max_chars))
     return out
 
 

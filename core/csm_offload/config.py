@@ -3,14 +3,20 @@
 
 YAML is composed safely into nodes and walked by hand, so that every value keeps its line, and
 so that aliases are counted as they expand: an alias bomb is refused after a bounded number of
-nodes instead of filling memory.
+nodes instead of filling memory. Nesting is bounded while composing (PyYAML's composer recurses
+once per level), and the file's size before it is read.
+
+`${VAR}` is substituted into the parsed scalars, never into the YAML text, and a value is never
+parsed again: whatever the variable holds (`@x`, `pass #word`, ` spaced `, `123456`, `yes`)
+arrives exactly as set. An unquoted `${VAR}` standing alone is marked (`EnvText`) so that a
+field typed as a number or a boolean converts it; a string or secret field keeps the text.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,10 +24,10 @@ from typing import Any
 import attrs
 import cattrs
 import yaml
-from cattrs.errors import ClassValidationError, IterableValidationError
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from dotenv import dotenv_values
 
-from . import wire
+from . import scrub, wire
 from .errors import ConfigError
 from .secret import Secret
 
@@ -30,13 +36,18 @@ MAX_NODES = 20_000
 MAX_DEPTH = 40
 CONFIG_ENV = "CSM_OFFLOAD_CONFIG"
 DEFAULT_FILE = "csm-offload.yaml"
+BUILT_IN_SOURCE = "<built-in default config>"
 #: Keys every target block may have; the rest are the provider's own settings.
 TARGET_KEYS = frozenset(
     {"kind", "enabled", "gpu", "usd_per_second", "usd_per_hour", "max_in_flight", "max_batch"}
 )
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_INT = re.compile(r"\s*[-+]?[0-9]+\s*")
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
 
 Path_ = tuple[str | int, ...]
+ErrorFactory = Callable[[Path_, str], ConfigError]
 
 
 @attrs.frozen
@@ -88,6 +99,13 @@ class TargetSpec:
     #: Environment variables the block refers to that are not set.
     missing_env: tuple[str, ...] = ()
     line: int = 0
+    #: What is wrong with the block's common keys (full `file:line: key: message` sentences).
+    errors: tuple[str, ...] = ()
+    #: Settings keys whose value names an unset variable (their own errors would only echo it).
+    missing_keys: tuple[str, ...] = ()
+    #: Environment values substituted into each settings key, so that the ones landing in a
+    #: secret-typed field can be given to the scrubber before anything can quote them.
+    env_values: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict, repr=False, eq=False)
 
 
 @attrs.frozen
@@ -98,9 +116,16 @@ class Config:
     source: str
     #: Line of each key path, for errors found later (e.g. provider settings).
     lines: Mapping[Path_, int] = attrs.field(factory=dict, repr=False, eq=False)
+    #: Errors outside the target blocks; only a lenient load (`strict=False`) keeps them here,
+    #: a strict one raises the first.
+    errors: tuple[str, ...] = ()
 
     def error(self, path: Path_, message: str) -> ConfigError:
         return config_error(self.source, line_of(self.lines, path), path, message)
+
+    @property
+    def built_in(self) -> bool:
+        return self.source == BUILT_IN_SOURCE
 
 
 def line_of(lines: Mapping[Path_, int], path: Path_) -> int:
@@ -117,6 +142,41 @@ def config_error(source: str, line: int, path: Path_, message: str) -> ConfigErr
 
 
 # --- YAML, with lines and bounds -------------------------------------------------------------
+
+
+class _TooDeep(Exception):
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader, refusing nesting past the limit while composing: the composer recurses
+    once per level, and 50,000 `[` would otherwise end in a RecursionError."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def _enter(self) -> None:
+        self._depth += 1
+        # One level of slack: the walker then names the exact key that is too deep.
+        if self._depth > MAX_DEPTH + 1:
+            raise _TooDeep(self.peek_event().start_mark.line + 1)
+
+    def compose_sequence_node(self, anchor: Any) -> yaml.Node:
+        self._enter()
+        try:
+            return super().compose_sequence_node(anchor)
+        finally:
+            self._depth -= 1
+
+    def compose_mapping_node(self, anchor: Any) -> yaml.Node:
+        self._enter()
+        try:
+            return super().compose_mapping_node(anchor)
+        finally:
+            self._depth -= 1
 
 
 class _Walker:
@@ -169,7 +229,7 @@ class _Walker:
         try:
             value = self._scalar.construct_object(node, deep=True)
         except yaml.YAMLError as exc:
-            raise self.fail(node, path, f"bad value ({exc})") from None
+            raise self.fail(node, path, f"bad value ({_one_line(exc)})") from None
         if isinstance(value, str) and node.style is None and _VAR.fullmatch(value):
             return _WholeVar(value)
         return value
@@ -177,27 +237,76 @@ class _Walker:
 
 @attrs.frozen
 class _WholeVar:
-    """An unquoted `${VAR}` alone: once substituted it takes the YAML type of its value."""
+    """An unquoted `${VAR}` alone: once substituted, a number or boolean field converts it."""
 
     text: str
 
 
+class EnvText(str):
+    """Text that came from an unquoted `${VAR}`: exactly as set, and convertible by the field's
+    type (`max_retries: ${RETRIES}` with RETRIES=5 is 5). A string field gets a plain `str`."""
+
+    __slots__ = ()
+
+
+def _one_line(exc: BaseException) -> str:
+    problem = getattr(exc, "problem", None)
+    text = problem if isinstance(problem, str) and problem else str(exc)
+    return " ".join(text.split())
+
+
 def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
     """Compose YAML safely and turn it into plain values plus a line for every key path."""
-    if len(text.encode("utf-8")) > MAX_CONFIG_BYTES:
+    if len(text) > MAX_CONFIG_BYTES or len(text.encode("utf-8")) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{source}: over {MAX_CONFIG_BYTES} bytes; is this a config file?")
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_BoundedLoader)
+    except _TooDeep as exc:
+        raise ConfigError(
+            f"{source}:{exc.line}: nested deeper than {MAX_DEPTH} levels; "
+            "a config file is never this deep"
+        ) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to read; is this a config file?") from None
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 0
-        raise ConfigError(f"{source}:{line}: not valid YAML ({exc.problem})") from None
+        hint = "; indent with spaces, not tabs" if "'\\t'" in str(exc.problem) else ""
+        raise ConfigError(f"{source}:{line}: not valid YAML ({_one_line(exc)}){hint}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({exc})") from None
+        raise ConfigError(f"{source}: not valid YAML ({_one_line(exc)})") from None
     if node is None:
         return {}, {}
     walker = _Walker(source)
     data = walker.value(node, ())
     return data, walker.lines
+
+
+def read_config_file(path: Path) -> str:
+    """The file's text, its size checked before it is read: a huge file never enters memory."""
+    try:
+        with path.open("rb") as file:
+            if os.fstat(file.fileno()).st_size > MAX_CONFIG_BYTES:
+                raise _oversize(path)
+            # At most one byte over the limit: a file that grew, or a device with no size.
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory; give the path of a YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise _oversize(path)
+    if b"\0" in data:
+        raise ConfigError(f"{path} is a binary file, not YAML; check --config")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8"
+        ) from None
+
+
+def _oversize(path: Path) -> ConfigError:
+    return ConfigError(f"{path}: over {MAX_CONFIG_BYTES} bytes; is this a config file?")
 
 
 # --- ${ENV} interpolation ------------------------------------------------------------------
@@ -214,108 +323,280 @@ def load_env(directories: list[Path]) -> dict[str, str]:
     return merged
 
 
-def interpolate(value: Any, env: Mapping[str, str], missing: set[str]) -> Any:
-    """Replace `${NAME}` and `${NAME:-default}`; unset names are collected in `missing`."""
-    if isinstance(value, dict):
-        return {k: interpolate(v, env, missing) for k, v in value.items()}
-    if isinstance(value, list):
-        return [interpolate(v, env, missing) for v in value]
-    if isinstance(value, _WholeVar):
-        text = interpolate(value.text, env, missing)
-        if not isinstance(text, str) or not text:
-            return text or None
-        loaded = yaml.safe_load(text) if "\n" not in text else text
-        return loaded if isinstance(loaded, str | int | float | bool) else text
-    if not isinstance(value, str):
-        return value
+@attrs.define
+class _Substitution:
+    """What one interpolation pass saw: unset names (each with the first path that used it)
+    and the environment values used, by path."""
 
-    def substitute(match: re.Match[str]) -> str:
+    missing: dict[str, Path_] = attrs.field(factory=dict)
+    used: dict[Path_, list[str]] = attrs.field(factory=dict)
+
+
+def _substitute(text: str, env: Mapping[str, str], seen: _Substitution, path: Path_) -> str:
+    def one(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in env:
-            return env[name]
+            value = env[name]
+            seen.used.setdefault(path, []).append(value)
+            if scrub.SECRET_NAME.search(name):
+                scrub.register(value)
+            return value
         if default is not None:
             return default
-        missing.add(name)
+        seen.missing.setdefault(name, path)
         return ""
 
-    return _VAR.sub(substitute, value)
+    # One pass over the original text: a value that itself contains `${...}` is not expanded.
+    return _VAR.sub(one, text)
+
+
+def _interpolate(value: Any, env: Mapping[str, str], seen: _Substitution, path: Path_) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env, seen, (*path, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env, seen, (*path, i)) for i, v in enumerate(value)]
+    if isinstance(value, _WholeVar):
+        return EnvText(_substitute(value.text, env, seen, path))
+    if isinstance(value, str):
+        return _substitute(value, env, seen, path)
+    return value
+
+
+def interpolate(value: Any, env: Mapping[str, str], missing: set[str]) -> Any:
+    """Replace `${NAME}` and `${NAME:-default}`; unset names are collected in `missing`.
+    Values are inserted as they are: never parsed as YAML, never expanded again."""
+    seen = _Substitution()
+    out = _interpolate(value, env, seen, ())
+    missing.update(seen.missing)
+    return out
 
 
 # --- structuring ---------------------------------------------------------------------------
 
 
+def _env_int(value: Any, _type: type) -> int:
+    if isinstance(value, EnvText):
+        if not _INT.fullmatch(value):
+            raise TypeError("expected an integer, got text from the environment")
+        return int(value)
+    return wire._strict_int(value, _type)
+
+
+def _env_float(value: Any, _type: type) -> float:
+    if isinstance(value, EnvText):
+        try:
+            number = float(value) if value.strip() else None
+        except ValueError:
+            number = None
+        if number is None:
+            raise TypeError("expected a number, got text from the environment")
+        return wire._strict_float(number, _type)
+    return wire._strict_float(value, _type)
+
+
+def _env_bool(value: Any, _type: type) -> bool:
+    if isinstance(value, EnvText):
+        word = value.strip().lower()
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
+        raise TypeError("expected true or false, got text from the environment")
+    return wire._strict_bool(value, _type)
+
+
+def _env_str(value: Any, _type: type) -> str:
+    return str(wire._strict_str(value, _type))
+
+
 def _make_converter() -> cattrs.Converter:
     conv = wire.converter.copy()
-    conv.register_structure_hook(Secret, lambda v, _t: Secret(wire._strict_str(v, str)))
+    conv.register_structure_hook(int, _env_int)
+    conv.register_structure_hook(float, _env_float)
+    conv.register_structure_hook(bool, _env_bool)
+    conv.register_structure_hook(str, _env_str)
+    conv.register_structure_hook(Secret, lambda v, _t: Secret(_env_str(v, str)))
     return conv
 
 
 converter = _make_converter()
 
 
-def structure_at(data: Any, cls: type, path: Path_, error: Any) -> Any:
-    """Structure `data` into `cls`; `error(path, message)` builds the error to raise."""
+def all_errors(exc: BaseException, path: Path_ = ()) -> list[tuple[Path_, str]]:
+    """Every leaf of cattrs' exception group: its path (keys and indexes) and message."""
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        with_notes, without_notes = exc.group_exceptions()
+        found: list[tuple[Path_, str]] = []
+        for inner, note in with_notes:
+            key = note.index if isinstance(exc, IterableValidationError) else note.name
+            found += all_errors(inner, (*path, key))
+        for inner in without_notes:
+            found += all_errors(inner, path)
+        return found
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return [((*path, key), f"unknown field(s) {key}") for key in sorted(exc.extra_fields)]
+    return [(path, wire._message(exc))]
+
+
+def _field_of(cls: type, message: str) -> tuple[str, str] | None:
+    """`("api_key", "empty")` for a settings class's own "api_key: empty" error."""
+    name, sep, rest = message.partition(": ")
+    if sep and attrs.has(cls) and name in {f.name for f in attrs.fields(cls)}:
+        return name, rest
+    return None
+
+
+def structure_paths(data: Any, cls: type) -> tuple[Any, list[tuple[Path_, str]]]:
+    """Structure `data` into `cls`: the object, or None and every (path, message) found."""
     try:
-        return converter.structure(data, cls)
+        return converter.structure(data, cls), []
     except (ClassValidationError, IterableValidationError) as exc:
-        where, message = wire.first_error(exc)
-        raise error((*path, *where), message) from None
+        found = all_errors(exc)
     except (TypeError, ValueError) as exc:
-        raise error(path, str(exc)) from None
+        found = [((), str(exc) or type(exc).__name__)]
+    # A settings class's own check ("api_key: empty; ...") names its field: point there.
+    return None, [_pointed(cls, where, message) for where, message in found]
 
 
-def _target_spec(name: str, block: Any, path: Path_, error: Any, env: Mapping[str, str]) -> Any:
+def _pointed(cls: type, where: Path_, message: str) -> tuple[Path_, str]:
+    field = None if where else _field_of(cls, message)
+    return ((field[0],), field[1]) if field is not None else (where, message)
+
+
+def structure_all(
+    data: Any, cls: type, path: Path_, error: ErrorFactory
+) -> tuple[Any, list[ConfigError]]:
+    """Structure `data` into `cls`: the object, or None and every error found."""
+    value, found = structure_paths(data, cls)
+    return value, [error((*path, *where), message) for where, message in found]
+
+
+def structure_at(data: Any, cls: type, path: Path_, error: ErrorFactory) -> Any:
+    """Structure `data` into `cls`; `error(path, message)` builds the error to raise."""
+    value, errors = structure_all(data, cls, path, error)
+    if errors:
+        raise errors[0]
+    return value
+
+
+def _target_spec(
+    name: str, block: Any, path: Path_, error: ErrorFactory, env: Mapping[str, str]
+) -> TargetSpec:
     if not isinstance(block, dict):
-        raise error(path, "expected a mapping of target settings (kind: ..., ...)")
+        problem = error(path, "expected a mapping of target settings (kind: ..., ...)")
+        return TargetSpec(name=name, kind="", errors=(str(problem),))
+    errors: list[str] = []
     if "kind" not in block:
-        raise error(path, "missing `kind` (runpod, thunder, modal, local_csm, espeak, ...)")
-    missing: set[str] = set()
-    block = interpolate(block, env, missing)
+        message = "missing `kind` (runpod, thunder, modal, local_csm, espeak, ...)"
+        errors.append(str(error(path, message)))
+    seen = _Substitution()
+    block = _interpolate(block, env, seen, path)
     common = {k: v for k, v in block.items() if k in TARGET_KEYS}
+    common.setdefault("kind", "")
     settings = {k: v for k, v in block.items() if k not in TARGET_KEYS}
-    for key in ("usd_per_second", "usd_per_hour"):
-        if isinstance(common.get(key), int) and not isinstance(common.get(key), bool):
-            common[key] = float(common[key])
-    spec = structure_at(
+    spec, problems = structure_all(
         {**common, "name": name, "settings": {}, "missing_env": []}, TargetSpec, path, error
     )
+    errors += [str(p) for p in problems]
+    if spec is None:
+        kind = common["kind"] if isinstance(common["kind"], str) else ""
+        spec = TargetSpec(name=name, kind=kind)
     if spec.usd_per_second is not None and spec.usd_per_hour is not None:
-        raise error(path, "give usd_per_second or usd_per_hour, not both")
-    return attrs.evolve(spec, settings=settings, missing_env=tuple(sorted(missing)))
+        errors.append(str(error(path, "give usd_per_second or usd_per_hour, not both")))
+    missing_keys = {p[len(path)] for p in seen.missing.values() if len(p) > len(path)}
+    env_values: dict[str, list[str]] = {}
+    for used_at, values in seen.used.items():
+        key = used_at[len(path)] if len(used_at) > len(path) else None
+        if key in settings:
+            env_values.setdefault(str(key), []).extend(values)
+    return attrs.evolve(
+        spec,
+        settings=settings,
+        missing_env=tuple(sorted(seen.missing)),
+        errors=tuple(errors),
+        missing_keys=tuple(sorted(str(k) for k in missing_keys)),
+        env_values={k: tuple(v) for k, v in env_values.items()},
+    )
 
 
 def build_config(
-    data: Any, lines: Mapping[Path_, int], source: str, env: Mapping[str, str]
+    data: Any,
+    lines: Mapping[Path_, int],
+    source: str,
+    env: Mapping[str, str],
+    *,
+    strict: bool = True,
 ) -> Config:
+    """Validate parsed YAML into a `Config`. Strict: raise the first error anywhere. Lenient:
+    keep going and collect everything (`Config.errors`, each `TargetSpec.errors`), for
+    `config check`; only an unreadable file or a top level that is not a mapping stops it."""
+
     def error(path: Path_, message: str) -> ConfigError:
         return config_error(source, line_of(lines, path), path, message)
 
+    problems: list[ConfigError] = []
     if data is None or data == {}:
         data = {}
     if not isinstance(data, dict):
         raise error((), "the file must be a mapping (audio:, providers:, run:)")
-    unknown = sorted(set(data) - {"audio", "providers", "run"})
-    if unknown:
-        raise error((unknown[0],), "unknown key; expected audio, providers or run")
-    outside = {k: data.get(k, {}) or {} for k in ("audio", "run")}
-    missing: set[str] = set()
-    outside = interpolate(outside, env, missing)
-    if missing:
-        name = sorted(missing)[0]
-        raise error(("run",) if "run" in data else ("audio",), f"${{{name}}} is not set")
-    audio = structure_at(outside["audio"], AudioSection, ("audio",), error)
-    run = structure_at(outside["run"], RunSection, ("run",), error)
+    for key in sorted(set(data) - {"audio", "providers", "run"}):
+        problems.append(error((key,), "unknown key; expected audio, providers or run"))
+    seen = _Substitution()
+    sections: dict[str, Any] = {}
+    for key, cls in (("audio", AudioSection), ("run", RunSection)):
+        raw = _interpolate(data.get(key, {}) or {}, env, seen, (key,))
+        # A value naming an unset variable is reported as unset, not as a wrong value.
+        for path in seen.missing.values():
+            if path[:1] == (key,):
+                _drop(raw, path[1:])
+        value, found = structure_all(raw, cls, (key,), error)
+        problems += found
+        sections[key] = value if value is not None else cls()
+    for name, path in sorted(seen.missing.items(), key=lambda item: line_of(lines, item[1])):
+        problems.append(error(path, f"${{{name}}} is not set; set it in the environment or .env"))
     blocks = data.get("providers") or {}
+    specs: tuple[TargetSpec, ...] = ()
     if not isinstance(blocks, dict):
-        raise error(("providers",), "expected a mapping of target name to settings")
-    specs = tuple(
-        attrs.evolve(
-            _target_spec(name, block, ("providers", name), error, env),
-            line=lines.get(("providers", name), 0),
+        problems.append(error(("providers",), "expected a mapping of target name to settings"))
+    else:
+        specs = tuple(
+            attrs.evolve(
+                _target_spec(str(name), block, ("providers", name), error, env),
+                line=lines.get(("providers", name), 0),
+            )
+            for name, block in blocks.items()
         )
-        for name, block in blocks.items()
+    if strict:
+        problems.sort(key=lambda p: _line_in(str(p)))
+        if problems:
+            raise problems[0]
+        for spec in specs:
+            if spec.errors:
+                raise ConfigError(spec.errors[0])
+    return Config(
+        audio=sections["audio"],
+        run=sections["run"],
+        providers=specs,
+        source=source,
+        lines=dict(lines),
+        errors=tuple(str(p) for p in problems),
     )
-    return Config(audio=audio, run=run, providers=specs, source=source, lines=dict(lines))
+
+
+def _drop(data: Any, path: Path_) -> None:
+    for key in path[:-1]:
+        if not isinstance(data, dict | list):
+            return
+        try:
+            data = data[key]  # type: ignore[index]
+        except (KeyError, IndexError, TypeError):
+            return
+    if path and isinstance(data, dict):
+        data.pop(path[-1], None)
+
+
+def _line_in(message: str) -> int:
+    """The line an error names (`file:12: ...`), to report the first one in the file first."""
+    match = re.match(r"[^\n]*?:(\d+): ", message)
+    return int(match.group(1)) if match else 0
 
 
 def default_config_text() -> str:
@@ -327,27 +608,30 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     chosen = explicit or os.environ.get(CONFIG_ENV)
     if chosen:
         path = Path(chosen)
-        if not path.is_file():
+        if path.is_dir():
+            raise ConfigError(f"{path} is a directory; give the path of a YAML file to --config")
+        if not path.exists():
             raise ConfigError(f"config file {path} does not exist; check --config or ${CONFIG_ENV}")
         return path
     local = Path(DEFAULT_FILE)
     return local if local.is_file() else None
 
 
-def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+def load_config(explicit: str | os.PathLike[str] | None = None, *, strict: bool = True) -> Config:
     """Find, read, interpolate and validate the configuration."""
     path = find_config(explicit)
     if path is None:
-        text, source, dirs = default_config_text(), "<built-in default config>", [Path.cwd()]
+        text, source, dirs = default_config_text(), BUILT_IN_SOURCE, [Path.cwd()]
     else:
-        try:
-            text = path.read_text("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        text = read_config_file(path)
         source, dirs = str(path), [path.parent, Path.cwd()]
-    return load_config_text(text, source, load_env(dirs))
+    return load_config_text(text, source, load_env(dirs), strict=strict)
 
 
-def load_config_text(text: str, source: str, env: Mapping[str, str]) -> Config:
+def load_config_text(
+    text: str, source: str, env: Mapping[str, str], *, strict: bool = True
+) -> Config:
+    # The conventional credential variables are masked even where the config never uses them.
+    scrub.register_env(env)
     data, lines = parse_yaml(text, source)
-    return build_config(data, lines, source, env)
+    return build_config(data, lines, source, env, strict=strict)

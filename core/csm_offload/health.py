@@ -12,12 +12,19 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
 import httpx
 
 from .errors import CsmOffloadError, RateLimited
 from .model import Health
 from .plugins import Provider
+from .scrub import scrub
 from .target import Target
+
+
+def _scrubbed(health: Health) -> Health:
+    detail = scrub(health.detail if isinstance(health.detail, str) else str(health.detail))
+    return health if detail == health.detail else attrs.evolve(health, detail=detail)
 
 
 class HealthCache:
@@ -31,7 +38,7 @@ class HealthCache:
         return self._health.get(name)
 
     def set(self, name: str, health: Health) -> None:
-        self._health[name] = health
+        self._health[name] = _scrubbed(health)
 
     def is_stale(self, name: str) -> bool:
         health = self._health.get(name)
@@ -55,6 +62,9 @@ class HealthCache:
             health = Health(ok=False, detail=f"health check failed: {exc}")
         except Exception as exc:  # a plugin bug must not take the run down
             health = Health(ok=False, detail=f"health hook raised {type(exc).__name__}: {exc}")
+        # A plugin may quote its own key in `detail`; what is stored (and so shown by the
+        # router, `providers`, `estimate` and the plan) never does.
+        health = _scrubbed(health)
         self._health[target.name] = health
         return health
 

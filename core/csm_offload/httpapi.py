@@ -31,6 +31,7 @@ from .errors import (
     Unavailable,
     WireError,
 )
+from .scrub import scrub
 
 #: Seconds a call may take from sending to the last byte of the answer.
 DEFAULT_TOTAL_S = 60.0
@@ -161,8 +162,10 @@ def transport_error(exc: httpx.HTTPError, what: str, target: str | None) -> Tran
 
 
 def snippet(body: bytes | str) -> str:
-    """A short printable excerpt of a body for an error message."""
+    """A short printable excerpt of a body for an error message, with every known secret
+    masked (a server may echo the request's headers into its error bodies)."""
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = scrub(text)
     text = " ".join(text.split())
     text = "".join(ch if ch.isprintable() else "?" for ch in text)
     return text if len(text) <= _SNIPPET_CHARS else text[: _SNIPPET_CHARS - 1] + "…"

@@ -15,7 +15,9 @@ killed process (the commit is in the OS's page cache) at a few tens of microseco
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
@@ -23,9 +25,9 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import attrs
 
@@ -37,6 +39,12 @@ except ImportError:  # not POSIX: runs are not locked against each other there
     fcntl = None  # type: ignore[assignment]
 from .errors import UserError
 from .model import JobHandle, SpeechRequest
+from .scrub import scrub
+
+#: The layout below, stored in SQLite's `user_version`. Journals written before it was stored
+#: (version 0) have this same layout. Raise it with every change of layout, and teach `_open`
+#: to migrate the older ones: a journal holds paid-for work and is never thrown away.
+SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -150,7 +158,9 @@ GROUP BY target, run_id ORDER BY MAX(key)
 """
 
 
-def _finished_jobs(db: sqlite3.Connection, target: str | None, limit: int) -> list[FinishedJob]:
+def _finished_jobs(
+    db: sqlite3.Connection | _Guarded, target: str | None, limit: int
+) -> list[FinishedJob]:
     if target is None:
         names = [
             row[0]
@@ -193,7 +203,7 @@ class TargetPricing:
     last_run: Priced
 
 
-def _priced_by_target(db: sqlite3.Connection) -> list[TargetPricing]:
+def _priced_by_target(db: sqlite3.Connection | _Guarded) -> list[TargetPricing]:
     found: dict[str, TargetPricing] = {}
     # Runs come oldest first, so each target's last row is its latest run.
     for target, run_id, jobs, estimated, actual in db.execute(_PRICED_SQL):
@@ -251,6 +261,146 @@ def _handle_from(raw: str | None) -> JobHandle | None:
     )
 
 
+class JournalError(UserError):
+    """The journal or its audio store cannot be used (damaged, full, newer, read-only): the
+    message names the file and the fix. Exit 2: nothing a retry would change."""
+
+
+class JournalFull(JournalError):
+    """No space left for the journal or its audio store."""
+
+
+class JournalDamaged(JournalError):
+    """The journal file is not an SQLite database, or has damaged pages."""
+
+
+def journal_error(exc: BaseException, path: Path) -> JournalError | None:
+    """The `JournalError` that `exc` (raised while using the journal at `path`) means for a
+    user, or None when it is not one the user can act on (a bug stays a bug)."""
+    audio_dir = path.parent / "audio"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return _full(path, audio_dir)
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return JournalError(
+            f"cannot write the journal {path} or its audio store {audio_dir} ({exc.strerror}); "
+            "make them writable or set run.journal to a writable path"
+        )
+    if isinstance(exc, OSError) and exc.errno == errno.EIO:
+        return _io_error(path, exc.strerror or str(exc))
+    if not isinstance(exc, sqlite3.Error):
+        return None
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc)
+    if name == "SQLITE_FULL" or "database or disk is full" in text:
+        return _full(path, audio_dir)
+    if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "malformed" in text:
+        return JournalDamaged(
+            f"the journal {path} is damaged ({text}); move it away (e.g. mv {path} "
+            f"{path}.damaged) and run again: the finished audio in {audio_dir} is kept"
+        )
+    if name.startswith("SQLITE_READONLY") or "readonly" in text:
+        return JournalError(
+            f"the journal {path} is read-only ({text}); make it writable or set run.journal "
+            "to a writable path"
+        )
+    if name.startswith("SQLITE_IOERR") or "disk I/O error" in text:
+        return _io_error(path, text)
+    return None
+
+
+def _io_error(path: Path, detail: str) -> JournalError:
+    return JournalError(
+        f"the disk under the journal {path} failed a read or write ({detail}); check that "
+        "disk (is it full or gone?) or set run.journal to a file on another disk"
+    )
+
+
+def _full(path: Path, audio_dir: Path) -> JournalFull:
+    return JournalFull(
+        f"no space left on the disk of the journal {path} (results are kept there and in "
+        f"{audio_dir}); free some space, or set run.journal to a file on another disk"
+    )
+
+
+@contextlib.contextmanager
+def _translated(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, sqlite3.Error) as exc:
+        mapped = journal_error(exc, path)
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
+class _Guarded:
+    """The journal's connection, whose errors a user can act on (a full disk, damaged pages)
+    surface as one `JournalError` naming the file, wherever in a run they happen."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self._db = db
+        self._path = path
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        with _translated(self._path):
+            return self._db.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[Any]) -> sqlite3.Cursor:
+        with _translated(self._path):
+            return self._db.executemany(sql, rows)
+
+    def executescript(self, script: str) -> sqlite3.Cursor:
+        with _translated(self._path):
+            return self._db.executescript(script)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> _Guarded:
+        self._db.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        # The commit happens here, so this is where a full disk shows itself.
+        with _translated(self._path):
+            return self._db.__exit__(*exc)
+
+
+def _open(path: Path) -> _Guarded:
+    """Connect, refuse a journal from a newer csm-offload or with damaged pages, and create or
+    accept the current layout. Everything is checked before any work is sent."""
+    db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    guarded = _Guarded(db, path)
+    try:
+        # Read before anything writes: an unknown, newer layout must not be touched.
+        version = int(guarded.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"the journal {path} was written by a newer csm-offload (schema {version}); "
+                "upgrade csm-offload or set run.journal to another file"
+            )
+        guarded.execute("PRAGMA journal_mode=WAL")
+        guarded.execute("PRAGMA synchronous=NORMAL")
+        # Damaged pages otherwise show up mid-run, after money was spent on the work
+        # whose results they would have held.
+        with _translated(path):
+            verdict = db.execute("PRAGMA quick_check").fetchall()
+        if verdict != [("ok",)]:
+            detail = "; ".join(str(row[0]) for row in verdict[:3])
+            raise JournalDamaged(
+                f"the journal {path} is damaged ({detail}); move it away (e.g. mv {path} "
+                f"{path}.damaged) and run again: the finished audio in {path.parent / 'audio'} "
+                "is kept"
+            )
+        guarded.executescript(_SCHEMA)
+        if version < SCHEMA_VERSION:
+            guarded.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        db.close()
+        raise
+    return guarded
+
+
 class Journal:
     """One journal file (per project directory) and its audio store."""
 
@@ -262,11 +412,11 @@ class Journal:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.audio_dir.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(_SCHEMA)
+            self.db = _open(self.path)
         except (OSError, sqlite3.Error) as exc:
+            mapped = journal_error(exc, self.path)
+            if mapped is not None:
+                raise mapped from None
             raise UserError(
                 f"cannot open the journal {self.path}: {exc}; set run.journal to a writable path"
             ) from None
@@ -337,11 +487,18 @@ class Journal:
         data = audio.encode("flac")
         sha = hashlib.sha256(data).hexdigest()
         path = self.audio_path(sha)
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{sha}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+        if path.is_file():
+            return sha
+        tmp = path.with_name(f".{sha}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            with _translated(self.path):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+        finally:
+            # A failed write (a full disk) must not leave half a file in the store.
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
         return sha
 
     def record_result(
@@ -425,7 +582,8 @@ class Journal:
             self.db.execute(
                 "UPDATE jobs SET state = ?, actual_usd = ?, exec_ms = ?, queue_ms = ?, "
                 "error = ?, updated_at = ? WHERE key = ?",
-                (state, actual_usd, exec_ms, queue_ms, error, time.time(), key),
+                # A provider's error may echo its request headers: never store a key.
+                (state, actual_usd, exec_ms, queue_ms, error and scrub(error), time.time(), key),
             )
 
     def _rows(self, where: str, args: Sequence[object]) -> list[JobRow]:

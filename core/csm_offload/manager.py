@@ -11,6 +11,7 @@ one journal, so repeated calls never pay twice for the same request.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -62,7 +63,8 @@ class CloudGPUManager:
         self.config = config if isinstance(config, Config) else load_config(config)
         self.plugins = plugins if plugins is not None else load_plugins()
         self.options = options or RouteOptions()
-        self.checks = self._select(check_targets(self.config, self.plugins.providers), targets)
+        found = check_targets(self.config, self.plugins.providers, self.plugins.load_errors())
+        self.checks = self._select(found, targets)
         run = self.config.run
         cloud = self.config.audio.cloud_gpu
         self.settings = settings or RunnerSettings(
@@ -175,6 +177,8 @@ def join_audio(parts: Sequence[Audio], pause_s: float = CHUNK_PAUSE_S) -> Audio:
 
 
 def _with_budget(settings: RunnerSettings, max_usd: float) -> RunnerSettings:
-    if max_usd < 0:
-        raise UserError(f"--max-usd must be 0 or more, got {max_usd}")
+    if not math.isfinite(max_usd) or max_usd <= 0:
+        raise UserError(
+            f"max_usd must be a number of dollars above 0, got {max_usd}; leave it out for no cap"
+        )
     return attrs.evolve(settings, max_usd=max_usd)

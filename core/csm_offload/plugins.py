@@ -12,6 +12,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
+from .config import TARGET_KEYS
 from .errors import PluginError
 from .target import ProviderInfo
 
@@ -75,6 +76,25 @@ def _check_sync_async(plugin: Any, pm: pluggy.PluginManager) -> None:
                 raise PluginError(f"hook {impl.name} must be `async def` (the spec is async)")
             if impl.name not in _ASYNC_SPECS and is_async:
                 raise PluginError(f"hook {impl.name} must be a plain `def` (the spec is sync)")
+
+
+def _check_settings_names(info: ProviderInfo) -> None:
+    """A settings field named like a core target key never gets its value: the config hands
+    that key to the core (`gpu: A100` sets the target's GPU). Refuse it at load, naming it."""
+    settings_type = info.settings_type
+    if not attrs.has(settings_type):
+        return
+    names = {f.name for f in attrs.fields(settings_type)}
+    names |= {f.alias for f in attrs.fields(settings_type) if f.alias}
+    shadowed = sorted(names & TARGET_KEYS)
+    if shadowed:
+        fields = ", ".join(f"`{name}`" for name in shadowed)
+        raise PluginError(
+            f"settings field {fields} of {settings_type.__name__} has the name of a core "
+            "target key, so the config would never pass it to the plugin; rename the field "
+            f"in the plugin (e.g. `{info.kind}_{shadowed[0]}`); hooks read the core's own "
+            "value from the Target they are given"
+        )
 
 
 class Plugins:
@@ -150,6 +170,7 @@ class Plugins:
                 raise PluginError(f"{name}: provider_info() must return ProviderInfo")
             if info.kind in infos:
                 raise PluginError(f"two plugins claim provider kind {info.kind!r}")
+            _check_settings_names(info)
             infos[info.kind] = (plugin, info)
         providers = {}
         for kind, (plugin, info) in infos.items():
@@ -159,6 +180,10 @@ class Plugins:
             implements = frozenset(hooked.intersection(PROVIDER_HOOKS))
             providers[kind] = Provider(kind, info, plugin, implements, callers)
         self.providers = providers
+
+    def load_errors(self) -> dict[str, str]:
+        """Why each skipped plugin was skipped, by name (the entry-point name is its kind)."""
+        return {error.name: error.error for error in self.errors}
 
     def plugin_rows(self) -> list[dict[str, Any]]:
         """One row per loaded plugin, for `csm-offload plugins`."""

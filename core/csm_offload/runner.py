@@ -28,6 +28,7 @@ from . import journal as jr
 from .audio import Audio
 from .backoff import RetryPolicy, retry_delay
 from .breaker import Breakers, BreakerState
+from .budget import NOTHING, Budget, Hold
 from .capacity import Capacity, in_flight_for
 from .errors import (
     BudgetExceeded,
@@ -45,7 +46,9 @@ from .journal import JobRow, Journal
 from .liveness import Liveness, Overtaking
 from .model import JobHandle, JobState, JobStatus, SpeechRequest
 from .pacing import Pacers
+from .polling import PollSchedule, PollTimes
 from .router import Choice, Plan, RouteOptions, Router
+from .scrub import scrub
 from .speed import SpeedBook
 from .target import RateLimit
 
@@ -172,14 +175,6 @@ class _Orphaned(_Attempt):
     watching the job in the background for a result that was paid for."""
 
 
-@attrs.frozen
-class _Hold:
-    """Money held against the budget for one job: its estimate, and the amount held."""
-
-    estimate: float
-    amount: float
-
-
 @attrs.define
 class _Batch:
     requests: list[SpeechRequest]
@@ -220,9 +215,14 @@ class Runner:
         self._progress: ProgressCallback | None = None
         self._total = 0
         self._in_flight = 0
-        self._committed = 0.0
-        self._cost_ratio: dict[str, float] = {}
-        self._budget_stopped = False
+        self.budget = Budget(self.settings.max_usd, self.settings.budget_margin)
+        times = PollTimes(
+            self.settings.first_poll_s,
+            self.settings.poll_min_s,
+            self.settings.poll_max_s,
+            self.settings.poll_margin_s,
+        )
+        self.schedule = PollSchedule(self.speeds, times, self.rng)
         self._deadline = math.inf
 
     # --- the run --------------------------------------------------------------------------
@@ -252,9 +252,9 @@ class Runner:
         return RunResult(
             plan=plan,
             outcomes={r.id: self._outcomes[r.id] for r in unique},
-            cost_usd=self._committed,
+            cost_usd=self.budget.committed,
             failures=self._failures,
-            budget_stopped=self._budget_stopped,
+            budget_stopped=self.budget.stopped,
         )
 
     def _take_cached(self, unique: list[SpeechRequest], quality: str) -> list[SpeechRequest]:
@@ -282,7 +282,14 @@ class Runner:
         # similar length, which pad less on the GPU).
         rest = sorted(by_id.values(), key=lambda r: len(r.text), reverse=True)
         tasks += [self._batch(_Batch(part), plan) for part in self._batches(plan, rest)]
-        await asyncio.gather(*tasks)
+        # A task group: an error no batch can handle (the journal's disk is full) cancels the
+        # other batches and surfaces once, instead of leaving them to die at shutdown.
+        try:
+            async with asyncio.TaskGroup() as group:
+                for task in tasks:
+                    group.create_task(task)
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
 
     def _batches(self, plan: Plan, rest: list[SpeechRequest]) -> list[list[SpeechRequest]]:
         """Batches of `_batch_size`, except the last job slot's worth of (shortest) requests,
@@ -321,7 +328,7 @@ class Runner:
                 self._fail_all(batch.requests, str(exc))
                 return
             except BudgetExceeded as exc:
-                self._budget_stopped = True
+                self.budget.stopped = True
                 self._fail_all(batch.requests, str(exc))
                 return
 
@@ -433,16 +440,16 @@ class Runner:
 
     async def _submit(
         self, choice: Choice, part: list[SpeechRequest], batch: _Batch
-    ) -> tuple[int, JobHandle, _Hold]:
+    ) -> tuple[int, JobHandle, Hold]:
         target, provider = choice.target, choice.provider
         estimate = self.router.estimate(target, provider, part).usd
-        reserved = self._reserve(target.name, estimate)
+        reserved = self.budget.reserve(target.name, estimate)
         key = self.journal.begin_job(target.name, choice.quality, [r.id for r in part], estimate)
         try:
             handle = await self._submit_paced(choice, part)
         except Rejected as exc:
             self.journal.job_finished(key, jr.FAILED, actual_usd=0.0, error=str(exc))
-            self._committed -= reserved.amount
+            self.budget.release(reserved)
             self._rejected(part, batch, str(exc))
             raise _Attempt(f"rejected: {exc}", blame=False) from None
         except asyncio.CancelledError:
@@ -451,7 +458,7 @@ class Runner:
             raise
         except Exception as exc:
             self.journal.job_finished(key, jr.FAILED, actual_usd=0.0, error=_describe(exc))
-            self._committed -= reserved.amount
+            self.budget.release(reserved)
             raise self._attempt_error(target.name, exc, batch) from None
         self.journal.job_submitted(key, _journaled(handle))
         self._emit("submitted", part[0].id, target.name, f"{len(part)} requests")
@@ -514,7 +521,7 @@ class Runner:
         more: a long-poll route (RunPod's /runsync) has then most likely brought the answer."""
         target = choice.target
         chars = sum(len(r.text) for r in part)
-        first = self._first_poll(target.name, chars)
+        first = self.schedule.first(target.name, chars)
         if submitted is None:  # a re-attached job: it was submitted at `submitted_at`
             started = time.monotonic() - max(0.0, time.time() - handle.submitted_at)
             next_at = started + first
@@ -552,7 +559,7 @@ class Runner:
         pilot: bool,
     ) -> JobStatus:
         target, provider = choice.target, choice.provider
-        first = self._first_poll(target.name, chars)
+        first = self.schedule.first(target.name, chars)
         blind = self.speeds.of(target.name).predict(chars) is None
         limit = provider.info.limits.poll_rate
         pacer = self.pacers.of(target.name, "poll", limit)
@@ -566,7 +573,7 @@ class Runner:
             if blind and woke_early:
                 # A measurement arrived while this job waited blind: poll at its prediction.
                 blind = False
-                planned = started + self._first_poll(target.name, chars)
+                planned = started + self.schedule.first(target.name, chars)
                 if planned > time.monotonic() + 0.001:
                     next_at = planned
                     continue
@@ -621,7 +628,9 @@ class Runner:
                 if unstuck is not None:
                     return unstuck
             polls += 1
-            next_at = self._next_poll(target.name, chars, started, polls, pilot)
+            next_at = self.schedule.next(
+                target.name, chars, started, polls, time.monotonic(), pilot
+            )
 
     def _overtaken(self, target: str) -> Overtaking:
         return self._overtaking.setdefault(target, Overtaking())
@@ -673,35 +682,6 @@ class Runner:
             return False
         return time.monotonic() < when
 
-    def _first_poll(self, target: str, chars: int) -> float:
-        predicted = self.speeds.of(target).predict(chars)
-        if predicted is None:
-            return self.settings.first_poll_s
-        return predicted + self.speeds.of(target).margin(self.settings.poll_margin_s)
-
-    def _next_poll(
-        self, target: str, chars: int, started: float, polls: int, pilot: bool = False
-    ) -> float:
-        """After an early poll: the (re)predicted finish if it is still ahead, else back off."""
-        now = time.monotonic()
-        predicted = self.speeds.of(target).predict(chars)
-        margin = self.speeds.of(target).margin(self.settings.poll_margin_s)
-        if predicted is not None and started + predicted + margin > now:
-            return started + predicted + margin
-        if predicted is None and pilot:
-            # Late by at most 3 % of the job's time, in O(log) polls of this one job.
-            return now + max(self.settings.poll_min_s, 0.03 * (now - started))
-        if predicted is None:
-            # Blind: back off from the first guess, jittered so that many jobs' polls spread
-            # out and the earliest finish is seen soon (it then re-plans everyone's polls).
-            base = max(self.settings.poll_min_s, 0.1 * self.settings.first_poll_s)
-            gap = base * (1.5 ** min(polls - 1, 20)) * self.rng.uniform(0.5, 1.5)
-        else:
-            # Late against the prediction: come back soon, then less and less often.
-            base = max(self.settings.poll_min_s, 0.01 * predicted)
-            gap = base * (1.5 ** min(polls - 1, 20))
-        return now + min(self.settings.poll_max_s, gap)
-
     def _observe(self, target: str, chars: int, started: float, status: JobStatus) -> None:
         if status.state is not JobState.COMPLETED:
             return
@@ -729,11 +709,11 @@ class Runner:
         status: JobStatus,
         part: list[SpeechRequest],
         batch: _Batch,
-        reserved: _Hold,
+        reserved: Hold,
         also: frozenset[str] = frozenset(),
     ) -> None:
         actual = self._actual_cost(choice, status)
-        self._settle(choice.target.name, reserved, actual, status)
+        self.budget.settle(choice.target.name, reserved, actual, status.state is JobState.COMPLETED)
         if status.state is not JobState.COMPLETED:
             self.journal.job_finished(
                 key,
@@ -865,14 +845,14 @@ class Runner:
     # --- jobs whose target stopped answering --------------------------------------------------
 
     def _watch_later(
-        self, choice: Choice, handle: JobHandle, key: int, part: list[SpeechRequest], hold: _Hold
+        self, choice: Choice, handle: JobHandle, key: int, part: list[SpeechRequest], hold: Hold
     ) -> None:
         task = asyncio.create_task(self._watch(choice, handle, key, part, hold))
         self._orphans.add(task)
         task.add_done_callback(self._orphans.discard)
 
     async def _watch(
-        self, choice: Choice, handle: JobHandle, key: int, part: list[SpeechRequest], hold: _Hold
+        self, choice: Choice, handle: JobHandle, key: int, part: list[SpeechRequest], hold: Hold
     ) -> None:
         """Poll a job whose target stopped answering, slowly, while the run lasts: a result
         that arrives was paid for, so it is stored (and used if the copy has not finished).
@@ -886,7 +866,7 @@ class Runner:
                 )
             except (JobLost, Rejected, ResultUnusable) as exc:
                 self.journal.job_finished(key, jr.FAILED, error=_describe(exc))
-                self._committed -= hold.amount
+                self.budget.release(hold)
                 return
             except Exception:
                 delay = min(60.0, delay * 1.5)
@@ -903,10 +883,10 @@ class Runner:
         key: int,
         status: JobStatus,
         part: list[SpeechRequest],
-        hold: _Hold,
+        hold: Hold,
     ) -> None:
         actual = self._actual_cost(choice, status)
-        self._settle(choice.target.name, hold, actual, status)
+        self.budget.settle(choice.target.name, hold, actual, status.state is JobState.COMPLETED)
         done: set[str] = set()
         if status.state is JobState.COMPLETED:
             done, _failed = await self._store(
@@ -948,14 +928,12 @@ class Runner:
                 try:
                     status = await self._follow(choice, row.handle, row.key, part)
                 except _Orphaned:
-                    self._watch_later(choice, row.handle, row.key, part, _Hold(0.0, 0.0))
+                    self._watch_later(choice, row.handle, row.key, part, NOTHING)
                     raise
                 finally:
                     self._in_flight -= 1
             also = frozenset(row.request_ids)
-            await self._finish(
-                choice, row.key, row.handle, status, part, batch, _Hold(0.0, 0.0), also
-            )
+            await self._finish(choice, row.key, row.handle, status, part, batch, NOTHING, also)
         except _Attempt as exc:
             self._record_failure(choice.target.name, str(exc))
             batch.failures[choice.target.name] += 1
@@ -970,32 +948,6 @@ class Runner:
 
     # --- money ----------------------------------------------------------------------------
 
-    def _reserve(self, target: str, estimate: float) -> _Hold:
-        """Commit an estimate against the budget before submitting, or refuse. The hold is the
-        estimate plus a margin, or the worst overrun this target has shown, if larger."""
-        factor = max(1.0 + self.settings.budget_margin, self._cost_ratio.get(target, 1.0))
-        reserved = estimate * factor
-        limit = self.settings.max_usd
-        if limit is not None and self._committed + reserved > limit + 1e-12:
-            raise BudgetExceeded(
-                f"the budget of ${limit:.4f} (run.max_usd / --max-usd) would be exceeded: "
-                f"${self._committed:.4f} committed, next job ${reserved:.4f}; "
-                "raise the budget and rerun (finished work is kept)"
-            )
-        self._committed += reserved
-        return _Hold(estimate, reserved)
-
-    def _settle(self, target: str, hold: _Hold, actual: float | None, status: JobStatus) -> None:
-        """Replace a hold by the actual cost, and learn how far estimates fall short."""
-        if actual is None:
-            return
-        self._committed += actual - hold.amount
-        if hold.estimate > 0 and status.state is JobState.COMPLETED:
-            # Twice the worst overrun seen: the next hold covers a job that overruns as much
-            # again.
-            ratio = 2 * actual / hold.estimate - 1
-            self._cost_ratio[target] = max(self._cost_ratio.get(target, 1.0), ratio)
-
     @staticmethod
     def _actual_cost(choice: Choice, status: JobStatus) -> float | None:
         if status.exec_ms is None:
@@ -1008,6 +960,7 @@ class Runner:
     # --- bookkeeping ----------------------------------------------------------------------
 
     def _fail_all(self, requests: Sequence[SpeechRequest], error: str) -> None:
+        error = scrub(error)
         for request in requests:
             if request.id not in self._outcomes:
                 self._outcomes[request.id] = Outcome(request.id, error=error)
@@ -1022,7 +975,7 @@ class Runner:
         self._cached += outcome.cached
 
     def _record_failure(self, target: str, message: str) -> None:
-        self._failures.setdefault(target, []).append(message)
+        self._failures.setdefault(target, []).append(scrub(message))
 
     def _emit(
         self, event: str, request_id: str | None, target: str | None, detail: str = ""
@@ -1037,10 +990,10 @@ class Runner:
                 failed=len(self._outcomes) - self._done,
                 cached=self._cached,
                 in_flight=self._in_flight,
-                cost_usd=self._committed,
+                cost_usd=self.budget.committed,
                 request_id=request_id,
                 target=target,
-                detail=detail,
+                detail=scrub(detail),
             )
         )
 
@@ -1074,6 +1027,6 @@ def _sane(audio: object) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = scrub(str(exc).strip())
     name = type(exc).__name__
     return f"{name}: {text}" if text else name

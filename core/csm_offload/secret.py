@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import attrs
 
+from . import scrub
+
 
 @attrs.frozen(repr=False)
 class Secret:
     """Wraps a credential. Only `reveal()` gives the value, and only to the code that sends it."""
 
     _value: str = attrs.field(alias="value")
+
+    def __attrs_post_init__(self) -> None:
+        # Every credential the process holds is known to the scrubber from the moment it
+        # exists, so whatever text later quotes it (an echoed header, an error) is masked.
+        scrub.register(self._value)
 
     def reveal(self) -> str:
         return self._value

@@ -10,9 +10,15 @@ Checks, each reported as a `Failure` (never a skipped check):
   `async def` or plain `def` as its spec is;
 - info: `provider_info()` is sane (kind, dated price table, limits, an attrs settings class);
 - costs: `estimate_cost` is pure, finite, and never falls when text or batch grows (hypothesis);
+  a remote provider never prices a GPU missing from its table below its dearest GPU (an unknown
+  GPU at $0 would be the router's first choice);
 - errors: with every HTTP answer replaced by a fault (429 with Retry-After in both forms, 5xx,
   401/403, 400, 404, malformed JSON, connection reset, timeouts) the hooks raise the core's
   typed errors, never a raw exception, never the secret, and never retry by themselves;
+- secrets: with a server that echoes every request header (Authorization, any key header) and
+  the URL into its bodies, error bodies and health answers, no secret from the settings appears
+  in a raised error (its chain included), a returned `Health.detail`, `JobStatus.error`,
+  `JobHandle` or `CostEstimate.basis`;
 - round trip (when `live=True`, the target pointing at a real or simulated worker):
   health → submit → poll → decode gives one `Audio` per request, of plausible length.
 
@@ -36,7 +42,7 @@ import numpy as np
 
 from . import hookspecs
 from .audio import Audio
-from .errors import JobLost, ProviderError, Rejected, TransientError, Unavailable
+from .errors import CsmOffloadError, JobLost, ProviderError, Rejected, TransientError, Unavailable
 from .model import CostEstimate, Health, JobHandle, JobState, JobStatus, SpeechRequest
 from .plugins import PROVIDER_HOOKS, Plugins, Provider
 from .secret import Secret
@@ -44,6 +50,13 @@ from .target import ProviderInfo, Target
 
 _KIND = re.compile(r"[a-z][a-z0-9_]*")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+#: A GPU no price table has: what does the provider charge for it?
+UNKNOWN_GPU = "conformance-unknown-gpu"
+#: Headers a client sends anyway; the echo lists the others first, where a short excerpt of the
+#: body (as error messages quote) still shows them.
+_ORDINARY_HEADERS = frozenset(
+    {"host", "accept", "accept-encoding", "connection", "user-agent", "content-length"}
+)
 
 
 @attrs.frozen
@@ -113,6 +126,44 @@ def default_fault_cases() -> list[FaultCase]:
     ]
 
 
+def _echo(status: int, state: str) -> Any:
+    def respond(request: httpx.Request) -> httpx.Response:
+        headers = sorted(
+            request.headers.items(), key=lambda item: item[0].lower() in _ORDINARY_HEADERS
+        )
+        said = "; ".join(f"{name}: {value}" for name, value in headers)
+        text = f"you sent {said} to {request.url}"
+        body = {
+            "error": text,
+            "message": text,
+            "detail": text,
+            "status": state,
+            "state": state,
+            "headers": dict(headers),
+            "url": str(request.url),
+        }
+        extra = {"Retry-After": "1"} if status == 429 else {}
+        return httpx.Response(status, json=body, headers=extra)
+
+    return respond
+
+
+def echo_cases() -> list[FaultCase]:
+    """Answers that echo the request (its headers, the key among them, and its URL) into the
+    body, as debugging proxies and some APIs' error pages do: success bodies that look like a
+    failed job (`status`/`state` in the common spellings, with `error`, `message` and `detail`
+    carrying the echo) and error bodies. Only leaks (and raw exceptions) are judged here: the
+    status mapping is the `errors` check's."""
+    failed = [
+        FaultCase(f"echo 200, state {state!r}", _echo(200, state), {})
+        for state in ("failed", "FAILED", "error")
+    ]
+    statuses = (400, 401, 403, 404, 409, 422, 429, 500, 502, 503)
+    return failed + [
+        FaultCase(f"echo {status}", _echo(status, "failed"), {}) for status in statuses
+    ]
+
+
 def _secrets(value: Any, depth: int = 0) -> Iterator[str]:
     """Every secret value reachable from a settings object (attrs fields, mappings, lists)."""
     if depth > 6:
@@ -140,6 +191,7 @@ class ProviderConformance:
     - `http_surface`: run the error-mapping checks (False for providers that make no HTTP
       calls, such as an in-process engine);
     - `fault_cases`: replaces `default_fault_cases()`;
+    - `echo_cases`: replaces `echo_cases()`, the answers of the secrets check ([] skips it);
     - `handle_factory`: builds the `JobHandle` polled in the error checks (default: a handle
       with job id "conformance-job" and no extras);
     - `max_requests_per_call`: more requests than this in one hook call under a fault means
@@ -153,6 +205,7 @@ class ProviderConformance:
         live: bool = False,
         http_surface: bool = True,
         fault_cases: Sequence[FaultCase] | None = None,
+        echo_cases: Sequence[FaultCase] | None = None,
         handle_factory: Callable[[Target, Sequence[SpeechRequest]], JobHandle] | None = None,
         sample_text: str = "Hello from the csm-offload conformance kit.",
         max_audio_length_ms: int = 10_000,
@@ -166,6 +219,7 @@ class ProviderConformance:
         self.live = live
         self.http_surface = http_surface
         self.fault_cases = list(fault_cases) if fault_cases is not None else None
+        self.echo_cases = list(echo_cases) if echo_cases is not None else None
         self.handle_factory = handle_factory or _default_handle
         self.sample_text = sample_text
         self.max_audio_length_ms = max_audio_length_ms
@@ -212,6 +266,7 @@ class ProviderConformance:
         failures: list[Failure] = []
         if self.http_surface:
             failures += await self.check_error_mapping(provider)
+            failures += await self.check_secrets(provider)
         if self.live:
             failures += await self.check_round_trip(provider)
         return failures
@@ -337,6 +392,53 @@ class ProviderConformance:
             found.append(Failure("costs", f"{exc} {notes}".strip()))
         except Exception as exc:
             found.append(Failure("costs", f"estimate_cost raised {type(exc).__name__}: {exc}"))
+        return found + self.check_unknown_gpu(provider) + self._check_basis(provider)
+
+    def check_unknown_gpu(self, provider: Provider) -> list[Failure]:
+        """A remote provider's GPU missing from its table, with no `usd_per_second` on the
+        target, costs at least what its dearest GPU does, or is refused with a typed error (the
+        router then says why). Priced at $0 it would be the router's first choice."""
+        table = dict(provider.info.prices.usd_per_second)
+        if not provider.info.remote or not table:
+            return []
+        batch = [SpeechRequest(self.sample_text)]
+        unknown = attrs.evolve(self.target, gpu=UNKNOWN_GPU, usd_per_second=None)
+        where = f"a GPU missing from the price table ({UNKNOWN_GPU!r}, no usd_per_second)"
+        try:
+            cost = provider.estimate_cost(unknown, batch)
+        except CsmOffloadError:
+            return []  # refused, with a message naming the fix: never chosen, never free
+        except Exception as exc:
+            message = f"{where}: estimate_cost raised {type(exc).__name__}, not a typed error"
+            return [Failure("costs", message)]
+        problem = _estimate_problem(cost, self.target.name)
+        if problem is not None:
+            return [Failure("costs", f"{where}: {problem}")]
+        known = []
+        for gpu in table:
+            try:
+                known.append(provider.estimate_cost(attrs.evolve(unknown, gpu=gpu), batch).usd)
+            except Exception:
+                continue  # a table GPU that fails is the other checks' finding
+        dearest = max(known, default=0.0)
+        if cost.usd < dearest or (cost.usd <= 0 < max(table.values())):
+            message = (
+                f"{where} is priced at ${cost.usd:.6g}, below the dearest GPU's ${dearest:.6g}: "
+                "the router would choose it for being cheap; price it as the dearest GPU or "
+                "raise a typed error that says to set usd_per_second"
+            )
+            return [Failure("costs", message)]
+        return []
+
+    def _check_basis(self, provider: Provider) -> list[Failure]:
+        targets = [self.target, attrs.evolve(self.target, gpu=UNKNOWN_GPU, usd_per_second=None)]
+        found = []
+        for target in targets:
+            try:
+                cost = provider.estimate_cost(target, [SpeechRequest(self.sample_text)])
+            except Exception as exc:
+                cost = exc
+            found += [Failure("secrets", f"estimate_cost: {p}") for p in self._leaks(cost)]
         return found
 
     # --- error mapping ----------------------------------------------------------------------
@@ -363,21 +465,52 @@ class ProviderConformance:
             seen.append(request)
             return case.respond(request)
 
-        calls: dict[str, Callable[[httpx.AsyncClient], Awaitable[Any]]] = {
-            "submit": lambda http: provider.submit(self.target, batch, http),
-            "poll": lambda http: provider.poll(self.target, handle, http),
-            "health": lambda http: provider.health(self.target, http),
-            "cancel": lambda http: provider.cancel(self.target, handle, http),
-        }
         transport = httpx.MockTransport(respond)
         async with httpx.AsyncClient(transport=transport, timeout=5.0) as http:
-            for hook, call in calls.items():
+            for hook, call in self._calls(provider, batch, handle).items():
                 seen.clear()
                 outcome = await _outcome(call(http))
                 where = f"{case.name}: {hook}"
                 found += self._judge(where, hook, case, outcome)
                 found += self._judge_requests(where, seen)
         return found
+
+    def _calls(
+        self, provider: Provider, batch: list[SpeechRequest], handle: JobHandle
+    ) -> dict[str, Callable[[httpx.AsyncClient], Awaitable[Any]]]:
+        return {
+            "submit": lambda http: provider.submit(self.target, batch, http),
+            "poll": lambda http: provider.poll(self.target, handle, http),
+            "health": lambda http: provider.health(self.target, http),
+            "cancel": lambda http: provider.cancel(self.target, handle, http),
+        }
+
+    # --- secrets ----------------------------------------------------------------------------
+
+    async def check_secrets(self, provider: Provider) -> list[Failure]:
+        """Every hook against a server that echoes the request back: the key must not come
+        out of the plugin in anything it raises or returns."""
+        # One line per answer and finding, naming every hook it holds for: an unscrubbed
+        # excerpt of the body usually leaks from all four at once.
+        found: dict[tuple[str, str, str], list[str]] = {}
+        batch = [SpeechRequest(self.sample_text, max_audio_length_ms=self.max_audio_length_ms)]
+        handle = self.handle_factory(self.target, batch)
+        for case in self.echo_cases if self.echo_cases is not None else echo_cases():
+            transport = httpx.MockTransport(case.respond)
+            async with httpx.AsyncClient(transport=transport, timeout=5.0) as http:
+                for hook, call in self._calls(provider, batch, handle).items():
+                    outcome = await _outcome(call(http))
+                    for problem in self._leaks(outcome):
+                        found.setdefault(("secrets", case.name, problem), []).append(hook)
+                    if isinstance(outcome, BaseException) and not isinstance(
+                        outcome, ProviderError
+                    ):
+                        problem = f"raised {type(outcome).__name__}, not a typed ProviderError"
+                        found.setdefault(("errors", case.name, problem), []).append(hook)
+        return [
+            Failure(check, f"{case}: {', '.join(hooks)}: {problem}")
+            for (check, case, problem), hooks in found.items()
+        ]
 
     def _judge(self, where: str, hook: str, case: FaultCase, outcome: Any) -> list[Failure]:
         found = [Failure("errors", f"{where}: {p}") for p in self._leaks(outcome)]
@@ -410,14 +543,20 @@ class ProviderConformance:
         return found
 
     def _leaks(self, outcome: Any) -> list[str]:
-        if not isinstance(outcome, BaseException):
+        """What of `outcome` (an error, with its chain, or a returned value) holds a secret."""
+        if not self.secrets or outcome is None:
             return []
-        text = f"{outcome} {outcome!r}"
-        return [
-            "the error message contains a secret from the settings"
-            for secret in self.secrets
-            if secret in text
-        ]
+        if isinstance(outcome, BaseException):
+            if any(secret in _error_text(outcome) for secret in self.secrets):
+                return ["the error message contains a secret from the settings"]
+            return []
+        for name in ("detail", "error", "basis"):
+            value = getattr(outcome, name, None)
+            if isinstance(value, str) and any(secret in value for secret in self.secrets):
+                return [f"{type(outcome).__name__}.{name} contains a secret from the settings"]
+        if any(secret in repr(outcome) for secret in self.secrets):
+            return [f"the returned {type(outcome).__name__} contains a secret from the settings"]
+        return []
 
     def _judge_requests(self, where: str, seen: list[httpx.Request]) -> list[Failure]:
         found = []
@@ -460,7 +599,9 @@ class ProviderConformance:
         health = await provider.health(self.target, http)
         if not isinstance(health, Health) or not health.ok:
             found.append(Failure("round trip", f"health is not ok: {health!r}"))
+        found += [Failure("secrets", f"health: {p}") for p in self._leaks(health)]
         handle = await provider.submit(self.target, batch, http)
+        found += [Failure("secrets", f"submit: {p}") for p in self._leaks(handle)]
         if not isinstance(handle, JobHandle):
             return [*found, Failure("round trip", f"submit returned {type(handle).__name__}")]
         ids = tuple(r.id for r in batch)
@@ -470,6 +611,7 @@ class ProviderConformance:
         while isinstance(status, JobStatus) and not status.state.finished:
             await asyncio.sleep(self.poll_interval_s)
             status = await provider.poll(self.target, handle, http)
+        found += [Failure("secrets", f"poll: {p}") for p in self._leaks(status)]
         if not isinstance(status, JobStatus) or status.state is not JobState.COMPLETED:
             return [*found, Failure("round trip", f"the job did not complete: {status!r}")]
         if tuple(r.id for r in status.results) != ids:
@@ -493,6 +635,24 @@ class ProviderConformance:
             if audio.frames and not _finite(audio):
                 found.append(Failure("round trip", "audio has NaN or infinite samples"))
         return found
+
+
+def _error_text(error: BaseException) -> str:
+    """An error's message and repr, and those of the errors it was raised from or during (a
+    traceback prints them too)."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen and len(seen) < 8:
+        seen.add(id(current))
+        parts += [str(current), repr(current), *getattr(current, "__notes__", [])]
+        if current.__cause__ is not None:
+            current = current.__cause__
+        elif current.__suppress_context__:
+            current = None
+        else:
+            current = current.__context__
+    return " ".join(parts)
 
 
 def _finite(audio: Audio) -> bool:

@@ -1,16 +1,18 @@
 """The `csm-offload` command line: a click group, plugin commands, and one error policy.
 
 Errors a user can fix print one sentence and exit 2; provider failures exit 1; a traceback is
-shown only with `--debug`.
+shown only with `--debug`. Everything printed passes the scrubber (`csm_offload.scrub`).
 """
 
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Sequence
 
 import click
 
+from .. import scrub
 from ..errors import CsmOffloadError
 from .app import App, pass_app
 from .costs import costs_command
@@ -64,31 +66,45 @@ def _register_plugin_commands(app: App) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `csm-offload` script."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
+    scrub.register_env()
+    # Every byte the command prints passes the scrubber: a provider's error body, a plugin's
+    # health detail or a traceback that quotes a key is masked wherever it comes from.
+    with scrub.scrubbed_std_streams():
+        code = _run(args, debug="--debug" in args)
+    sys.exit(code)
+
+
+def _error(message: str) -> None:
+    click.secho(scrub.scrub(message), fg="red", err=True)
+
+
+def _traceback() -> None:
+    click.echo(scrub.scrub(traceback.format_exc()).rstrip("\n"), err=True)
+
+
+def _run(args: list[str], debug: bool) -> int:
     app = App(debug=debug)
     try:
         _register_plugin_commands(app)
-        cli.main(args=args, prog_name="csm-offload", obj=app, standalone_mode=False)
+        # Without standalone mode click hands back an `Exit`'s code instead of raising it.
+        result = cli.main(args=args, prog_name="csm-offload", obj=app, standalone_mode=False)
     except CsmOffloadError as exc:
         if debug:
-            raise
-        click.secho(f"error: {exc}", fg="red", err=True)
-        sys.exit(exc.exit_code)
+            _traceback()
+        _error(f"error: {exc}")
+        return exc.exit_code
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except click.ClickException as exc:
         exc.show()
-        sys.exit(2)
+        return 2
     except (click.Abort, KeyboardInterrupt):
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        return 130
     except Exception as exc:
         if debug:
-            raise
-        click.secho(
-            f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-            fg="red",
-            err=True,
-        )
-        sys.exit(1)
-    sys.exit(0)
+            _traceback()
+            return 1
+        _error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        return 1
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0

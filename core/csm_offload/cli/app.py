@@ -29,8 +29,10 @@ class App:
             self._config = load_config(self.config_path)
         return self._config
 
-    def target_checks(self) -> list[TargetCheck]:
-        return check_targets(self.config, self.plugins.providers)
+    def target_checks(self, config: Config | None = None) -> list[TargetCheck]:
+        """The checks of `config` (by default the one loaded for this command)."""
+        plugins = self.plugins
+        return check_targets(config or self.config, plugins.providers, plugins.load_errors())
 
     @staticmethod
     def plugins_load_error(name: str, error: str) -> LoadError:

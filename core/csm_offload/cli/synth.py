@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
+import math
 import os
+import re
+import sys
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,45 +26,118 @@ from rich.progress import (
 )
 from rich.progress import Progress as Bar
 
-from ..audio import Audio
+from ..audio import AudioFormat
 from ..chunking import chunk_text
-from ..errors import BudgetExceeded, ProviderError, UserError
-from ..manager import CloudGPUManager, join_audio
+from ..errors import AudioError, BudgetExceeded, ProviderError, UserError
+from ..manager import CHUNK_PAUSE_S, CloudGPUManager
 from ..model import SpeechRequest
+from ..output import (
+    WAV_MAX_BYTES,
+    AudioWriter,
+    check_free_space,
+    check_output_path,
+    describe_bytes,
+    estimate_audio_bytes,
+    write_bytes_atomic,
+)
 from ..router import RouteOptions
 from ..runner import Progress, RunResult
+from ..scrub import scrub, scrub_data
 from .app import App, pass_app
 
 #: Characters per request unless --max-chars says otherwise: about 15-20 s of speech, which CSM
 #: generates well within its default 30 s audio cap.
 DEFAULT_CHUNK_CHARS = 300
 MAX_INPUT_BYTES = 50 * 1024 * 1024
-FORMATS = {".wav": "wav", ".flac": "flac"}
+FORMATS: dict[str, AudioFormat] = {".wav": "wav", ".flac": "flac"}
 TEXT_SUFFIXES = frozenset({".txt", ".text", ".md", ".markdown", ".rst"})
 
 
 def read_text(source: str) -> str:
     """`source` is a file path if such a file exists, `-` for stdin, else the text itself."""
     if source == "-":
-        return click.get_text_stream("stdin").read(MAX_INPUT_BYTES)
+        return check_text(_read_stdin(), "the text on stdin")
     path = Path(source)
     try:
-        is_file = len(source) < 4096 and "\n" not in source and path.is_file()
-    except OSError:
-        is_file = False
+        maybe_path = 0 < len(source) < 4096 and "\n" not in source
+        is_file = maybe_path and path.is_file()
+        is_other = maybe_path and not is_file and path.exists()
+    except (OSError, ValueError):
+        is_file = is_other = False
+    if is_other and path.is_dir():
+        raise UserError(f"{source} is a directory: give a text file or quoted text")
+    if is_other:
+        raise UserError(
+            f"{source} is not a regular file (a device or a pipe?): give a text file, quoted "
+            "text, or - to read stdin"
+        )
     if not is_file:
         if _looks_like_a_path(source):
             raise UserError(
                 f"{source}: no such file; check the path (to speak these words as text, "
                 "add a space or punctuation)"
             )
-        return source
+        return check_text(source, "the text")
     if path.stat().st_size > MAX_INPUT_BYTES:
         raise UserError(f"{path} is over {MAX_INPUT_BYTES // 2**20} MB; split it into chapters")
     try:
-        return path.read_text("utf-8")
+        return check_text(path.read_text("utf-8"), str(path))
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text; convert it (e.g. iconv -t UTF-8)") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror or exc}); check the file") from None
+
+
+def _read_stdin() -> str:
+    """All of stdin as UTF-8, refused (never cut) when it is over `MAX_INPUT_BYTES`."""
+    stdin = sys.stdin
+    stream = getattr(stdin, "buffer", None)
+    if stream is None:  # a text-only stream (an embedding host's): its own encoding is done
+        # A character is at least one byte: MAX + 1 characters are enough to know.
+        text = stdin.read(MAX_INPUT_BYTES + 1)
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_INPUT_BYTES:
+            raise UserError(
+                f"the text on stdin is over {MAX_INPUT_BYTES // 2**20} MB; split it into "
+                "chapters and give each as a file"
+            )
+        return text
+    data = bytearray()
+    while len(data) <= MAX_INPUT_BYTES:
+        block = stream.read(min(2**20, MAX_INPUT_BYTES + 1 - len(data)))
+        if not block:
+            break
+        data += block
+    if len(data) > MAX_INPUT_BYTES:
+        raise UserError(
+            f"the text on stdin is over {MAX_INPUT_BYTES // 2**20} MB; split it into chapters "
+            "and give each as a file"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"the text on stdin is not UTF-8 (byte {exc.start}); convert it (e.g. iconv -t UTF-8)"
+        ) from None
+
+
+def check_text(text: str, where: str) -> str:
+    """Refuse what cannot be spoken or stored: NUL characters (a binary file) and lone
+    surrogates (bytes that were not UTF-8, as the shell passes them)."""
+    nul = text.find("\0")
+    if nul >= 0:
+        raise UserError(
+            f"{where} contains a NUL character (at character {nul}): is it a binary file? give "
+            "plain UTF-8 text"
+        )
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise UserError(
+                f"{where} has bytes that are not UTF-8 (at character {exc.start}); give UTF-8 "
+                "text (e.g. iconv -t UTF-8)"
+            ) from None
+    return text
 
 
 def _looks_like_a_path(source: str) -> bool:
@@ -81,19 +159,24 @@ def make_requests(
     pieces = chunk_text(text, size)
     if not pieces:
         raise UserError("the text is empty; give some words, or a file that contains some")
+    if not _speakable(text):
+        raise UserError(
+            "the text has nothing to speak (only punctuation or invisible characters); give "
+            "some words"
+        )
     return [SpeechRequest(piece, speaker) for piece in pieces]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same directory, then rename: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+#: A letter or a digit: almost every text has one, found at C speed.
+_WORD_CHAR = re.compile(r"[^\W_]")
+
+
+def _speakable(text: str) -> bool:
+    """Whether any character would be spoken: a letter, a digit or a symbol (emoji have
+    names). Punctuation and zero-width characters alone would be paid for as silence."""
+    if _WORD_CHAR.search(text):
+        return True
+    return any(unicodedata.category(c).startswith("S") for c in text)
 
 
 def sidecar_path(output: Path) -> Path:
@@ -101,7 +184,7 @@ def sidecar_path(output: Path) -> Path:
 
 
 def _sidecar(
-    output: Path, audio: Audio, result: RunResult, requests: list[SpeechRequest]
+    output: Path, audio: AudioWriter, result: RunResult, requests: list[SpeechRequest]
 ) -> dict[str, Any]:
     made_by = Counter(result.outcomes[r.id].target for r in requests)
     return {
@@ -163,14 +246,55 @@ class ProgressBar:
         self.bar.stop()
 
 
-def _check_output(output: str) -> tuple[Path, str]:
+def _check_output(output: str) -> tuple[Path, AudioFormat]:
     path = Path(output)
+    try:
+        check_output_path(path)
+    except OSError as exc:  # a path the OS refuses outright (a loop of links, say)
+        raise UserError(f"{output}: {exc.strerror or exc}; choose another -o path") from None
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise UserError(f"{output}: the output must end in .wav or .flac")
-    if path.is_dir():
-        raise UserError(f"{output} is a directory; give a file name such as out.wav")
     return path, fmt
+
+
+def _check_budget(max_usd: float | None) -> None:
+    # NaN compares false with everything: as a budget it would let every submission through.
+    if max_usd is not None and not (math.isfinite(max_usd) and max_usd > 0):
+        raise UserError(
+            f"--max-usd must be a number of dollars above 0, got {max_usd}; leave it out for "
+            "no cap (or set run.max_usd)"
+        )
+
+
+def _check_space(
+    manager: CloudGPUManager,
+    requests: list[SpeechRequest],
+    quality: str,
+    path: Path,
+    fmt: AudioFormat,
+) -> None:
+    """Refuse before any money is spent when the audio cannot fit: on the output's disk, and
+    on the journal's, which keeps every new segment as FLAC (those already there are free)."""
+    unique = list({r.id: r for r in requests}.values())
+    cached = manager.journal.cached([r.id for r in unique], quality)
+    new_chars = sum(len(r.text) for r in unique if r.id not in cached)
+    pauses = CHUNK_PAUSE_S * max(0, len(requests) - 1)
+    out_bytes = estimate_audio_bytes(sum(len(r.text) for r in requests), fmt, pauses)
+    if fmt == "wav" and out_bytes > WAV_MAX_BYTES:
+        raise UserError(
+            f"the audio would be about {describe_bytes(out_bytes)}, over WAV's 4 GB limit; "
+            f"write FLAC instead (-o {path.with_suffix('.flac')}) or split the text"
+        )
+    check_free_space(
+        {
+            path.parent: (out_bytes, "choose an -o path on another disk"),
+            manager.journal.audio_dir: (
+                estimate_audio_bytes(new_chars, "flac"),
+                "set run.journal to a file on another disk",
+            ),
+        }
+    )
 
 
 @click.command(name="synth")
@@ -202,6 +326,7 @@ def synth_command(
     quiet: bool,
 ) -> None:
     """Speak SOURCE (text, a UTF-8 file, or - for stdin) into OUTPUT through the router."""
+    _check_budget(max_usd)
     path, fmt = _check_output(output)
     text = read_text(source)
     options = route_options(cloud_gpu, local_audio, draft)
@@ -209,17 +334,50 @@ def synth_command(
         config=app.config, plugins=app.plugins, options=options, max_usd=max_usd
     ) as manager:
         requests = make_requests(manager, text, speaker, max_chars)
-        manager.plan(requests[:1])  # fail fast, before any work, when nothing is usable
+        plan = manager.plan(requests[:1])  # fail fast, before any work, when nothing is usable
+        _check_space(manager, requests, plan.quality, path, fmt)
         with ProgressBar(len({r.id for r in requests}), enabled=not quiet) as bar:
             result = asyncio.run(manager.synthesize(requests, progress=bar))
     _report(result, requests, path, fmt)
+
+
+def _write_output(
+    result: RunResult, requests: list[SpeechRequest], path: Path, fmt: AudioFormat
+) -> tuple[AudioWriter, dict[str, Any]]:
+    """The audio, one segment at a time from the journal's store, and its sidecar, both under
+    temporary names until both are complete: a failure leaves neither half-written."""
+    with AudioWriter(path, fmt, CHUNK_PAUSE_S) as audio:
+        for request in requests:
+            outcome = result.outcomes[request.id]
+            try:
+                segment = outcome.audio
+            except (AudioError, OSError) as exc:
+                raise UserError(
+                    f"the stored audio of a segment ({outcome.path}) cannot be read ({exc}); "
+                    "delete that file and rerun to make it again"
+                ) from None
+            if segment is not None:
+                audio.add(segment)
+        audio.close()
+        sidecar = _sidecar(path, audio, result, requests)
+        # Plan reasons quote health details and failures: the file never holds a key.
+        text = json.dumps(scrub_data(sidecar), indent=2)
+        meta = write_bytes_atomic(sidecar_path(path), text.encode())
+        try:
+            audio.commit()
+            os.replace(meta, sidecar_path(path))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                meta.unlink(missing_ok=True)
+            raise
+    return audio, sidecar
 
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _report(result: RunResult, requests: list[SpeechRequest], path: Path, fmt: str) -> None:
+def _report(result: RunResult, requests: list[SpeechRequest], path: Path, fmt: AudioFormat) -> None:
     if result.budget_stopped:
         done = sum(o.ok for o in result.outcomes.values())
         raise BudgetExceeded(
@@ -233,11 +391,7 @@ def _report(result: RunResult, requests: list[SpeechRequest], path: Path, fmt: s
             f"{len(result.failed())} of {len(result.outcomes)} segments failed "
             f"(first: {first.error}); nothing was written to {path}\n{result.summary()}"
         )
-    audios = [result.outcomes[r.id].audio for r in requests]
-    audio = join_audio([a for a in audios if a is not None])
-    _write_atomic(path, audio.encode(fmt))  # type: ignore[arg-type]
-    sidecar = _sidecar(path, audio, result, requests)
-    _write_atomic(sidecar_path(path), json.dumps(sidecar, indent=2).encode())
+    audio, sidecar = _write_output(result, requests, path, fmt)
     cached = sum(result.outcomes[r.id].cached for r in set(requests))
     made_by = ", ".join(
         f"{name} ({_count(n, 'segment')})" for name, n in sidecar["targets"].items()
@@ -249,4 +403,4 @@ def _report(result: RunResult, requests: list[SpeechRequest], path: Path, fmt: s
     )
     click.echo(f"metadata: {sidecar_path(path)}")
     for line in result.plan.explain():
-        click.echo(line)
+        click.echo(scrub(line))

@@ -108,7 +108,7 @@ class Engine:
         if spoken.stopped and not cancelled():
             raise TooLong(
                 f"its speech runs past max_audio_length_ms={request.max_audio_length_ms}; "
-                "split the text into shorter chunks or raise max_audio_length_ms"
+                "split the text into shorter chunks (csm-offload synth --max-chars, e.g. 200)"
             )
         audio = Audio(spoken.samples.astype("float32") / 32768.0, spoken.sample_rate)
         resampled = audio.resample(CSM_SAMPLE_RATE)

@@ -204,10 +204,13 @@ class CsmEngine:
         frames = max(1, math.ceil(request.max_audio_length_ms / FRAME_MS))
         prompt = self.token_count(conversation)
         if prompt + frames > self.max_tokens:
+            # Name settings a user has: the CLI splits text with --max-chars; the length
+            # cap is a field of the request, set through the Python API.
             raise ContextTooLong(
-                f"prompt is {prompt} tokens (text and context audio) and {frames} frames are "
-                f"asked for, over CSM's {self.max_tokens}-token context: use shorter or fewer "
-                "context segments, shorter text, or a smaller max_audio_length_ms"
+                f"prompt is {prompt} tokens (text and context audio) and {frames} frames "
+                f"(max_audio_length_ms={request.max_audio_length_ms}) are asked for, over "
+                f"CSM's {self.max_tokens}-token context: give shorter text (csm-offload synth "
+                "--max-chars, e.g. 200) or shorter or fewer context segments"
             )
         return _Prepared(index, request, conversation, frames)
 

@@ -23,6 +23,7 @@ from csm_offload import (
     WireError,
     wire,
 )
+from csm_offload.scrub import scrub
 
 STATES: Mapping[str, JobState] = {
     "IN_QUEUE": JobState.QUEUED,
@@ -46,7 +47,7 @@ def _millis(data: Mapping[str, Any], key: str) -> int | None:
 
 def _error_text(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    text = " ".join(str(text).split())
+    text = " ".join(scrub(str(text)).split())
     return text[:_ERROR_CHARS]
 
 
