@@ -73,15 +73,21 @@ def test_each_malformed_item_gets_its_own_error(items: list[Any]) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(speech_requests(), min_size=1, max_size=4))
+@given(st.lists(speech_requests(), min_size=1, max_size=4, unique_by=lambda r: r.id))
 def test_valid_batches_round_trip_through_a_host(requests: list[SpeechRequest]) -> None:
     limits = WireLimits(max_context_seconds=1e9, max_text_chars=10**6)
     body = wire.unstructure(BatchRequest(tuple(requests), "wav"))
     engine = EchoEngine()
     response = handle_body(engine, body, limits)
     assert [r.id for r in response.results] == [r.id for r in requests]
-    assert all(isinstance(r.audio, AudioData) and r.error is None for r in response.results)
-    assert engine.calls == [[r.id for r in requests]]
+    # Empty context audio is answered per request (the engine cannot encode it).
+    usable = [r for r in requests if all(s.audio is None or s.audio.frames for s in r.context)]
+    for request, result in zip(requests, response.results, strict=True):
+        if request in usable:
+            assert isinstance(result.audio, AudioData) and result.error is None
+        else:
+            assert result.audio is None and "no samples" in result.error
+    assert engine.calls == ([[r.id for r in usable]] if usable else [])
 
 
 def test_bad_envelopes_name_the_field() -> None:

@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,24 +40,40 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running(engine: Any, **overrides: Any) -> Iterator[str]:
-    """The server app under a real uvicorn on a loopback port, in a thread."""
-    from csm_offload_local_csm.server import ServerSettings, create_app
+    """The server's URL, for tests that need nothing else (see `serving`)."""
+    with serving(engine, **overrides) as (url, _server):
+        yield url
 
-    port = free_port()
-    server_settings = ServerSettings(host="127.0.0.1", port=port, **overrides)
+
+@contextlib.contextmanager
+def serving(engine: Any, log_level: str = "warning", **overrides: Any) -> Iterator[tuple[str, Any]]:
+    """The server as `serve` runs it (its listener, uvicorn and connection guard) on a loopback
+    port, in a thread; only the engine is the test's. Yields the URL and the uvicorn server."""
+    from csm_offload_local_csm.server import (
+        ServerSettings,
+        create_app,
+        make_server,
+        open_listener,
+    )
+
+    server_settings = ServerSettings(host="127.0.0.1", port=0, **overrides)
+    listener = open_listener(server_settings)
+    port = listener.getsockname()[1]
     app = create_app(lambda: engine, server_settings)
-    server = uvicorn.Server(uvicorn.Config(app, "127.0.0.1", port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    server = make_server(app, server_settings, log_level=log_level)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
+        assert thread.is_alive(), "uvicorn stopped before it started"
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", server
     finally:
         server.should_exit = True
         thread.join(timeout=20)
+        listener.close()
 
 
 def run(coro: Any) -> Any:
@@ -240,6 +255,48 @@ def _wait_for_health(url: str, process: subprocess.Popen) -> WorkerHealth:
                     await asyncio.sleep(0.2)
 
     return asyncio.run(asyncio.wait_for(poll(), 90))
+
+
+def test_serve_on_a_busy_port_exits_2_before_loading_the_model(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from csm_offload_local_csm import engine
+
+    from csm_offload.cli import main
+
+    loads: list[Any] = []
+
+    def spy(cls: Any, options: Any = None) -> Any:
+        loads.append(options)
+        raise AssertionError("the model was loaded before the port was checked")
+
+    monkeypatch.setattr(engine.CsmEngine, "load", classmethod(spy))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(SystemExit) as exited:
+            main(["serve", "--port", str(port), "--model", "/nonexistent/weights"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"port {port} on 127.0.0.1 is in use: choose another with --port" in err
+    assert "Traceback" not in err
+    assert loads == []
+    assert time.monotonic() - started < 10
+
+
+def test_open_listener_names_the_fix_for_each_bind_failure() -> None:
+    from csm_offload_local_csm.server import ServerSettings, open_listener
+
+    with pytest.raises(UserError, match="is not an address of this machine: choose another"):
+        open_listener(ServerSettings(host="192.0.2.1", port=0))  # TEST-NET-1: never local
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(UserError, match=f"^port {port} on 127.0.0.1 is in use"):
+            open_listener(ServerSettings(port=port))
 
 
 def test_serve_refuses_public_bind_without_token() -> None:

@@ -7,7 +7,16 @@ import click
 from csm_offload.secret import Secret
 from csm_offload.wire import WireLimits
 
-from .server import DEFAULT_SERVER_LIMITS, ServerSettings, check_settings, serve
+from .server import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_KEEP_ALIVE_S,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_SERVER_LIMITS,
+    ServerSettings,
+    check_settings,
+    serve,
+)
 
 
 @click.command("serve")
@@ -31,6 +40,36 @@ from .server import DEFAULT_SERVER_LIMITS, ServerSettings, check_settings, serve
 @click.option(
     "--max-body-mb", default=DEFAULT_SERVER_LIMITS.max_body_bytes // 2**20, show_default=True
 )
+@click.option(
+    "--max-connections",
+    default=DEFAULT_MAX_CONNECTIONS,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Open connections; over it, the one that has waited longest for a request is dropped.",
+)
+@click.option(
+    "--header-timeout",
+    default=DEFAULT_HEADER_TIMEOUT_S,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds a client has to send a request's line and headers, from when it connects "
+    "or from the first byte of a request on a kept-alive connection; slower answers 408.",
+)
+@click.option(
+    "--keep-alive",
+    default=DEFAULT_KEEP_ALIVE_S,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds an idle connection stays open for its client's next request.",
+)
+@click.option(
+    "--body-timeout",
+    default=DEFAULT_BODY_TIMEOUT_S,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds a client has to send a body, plus 4 s per MiB (at least 256 KiB/s); "
+    "slower answers 408.",
+)
 def serve_command(
     host: str,
     port: int,
@@ -45,6 +84,10 @@ def serve_command(
     max_batch: int,
     max_text_chars: int,
     max_body_mb: int,
+    max_connections: int,
+    header_timeout: float,
+    keep_alive: float,
+    body_timeout: float,
 ) -> None:
     """Serve CSM over HTTP (POST /v1/jobs, GET /v1/jobs/{id}, GET /healthz)."""
     limits = WireLimits(
@@ -59,6 +102,10 @@ def serve_command(
         max_queue=max_queue,
         result_ttl_s=result_ttl,
         limits=limits,
+        max_connections=max_connections,
+        header_timeout_s=header_timeout,
+        keep_alive_s=keep_alive,
+        body_timeout_s=body_timeout,
     )
     check_settings(settings)  # before the model loads: a refused start should be instant
 

@@ -1,8 +1,9 @@
 """One wire `BatchRequest` body in, one `BatchResponse` out: the code every worker host shares.
 
-The envelope (schema, audio format, request count) must be valid or the whole body is refused;
-each request inside is then checked on its own, so one malformed or over-long request gets an
-error in its own `Result` while the rest of the batch still runs.
+The envelope (schema, audio format, request count, one id per request) must be valid or the
+whole body is refused; each request inside is then checked on its own, so one malformed or
+over-long request, or one whose context audio is empty or not finite, gets an error in its own
+`Result` while the rest of the batch still runs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import attrs
+import numpy as np
 
 from csm_offload import AudioData, BatchRequest, BatchResponse, Result, SpeechRequest, WorkerInfo
 from csm_offload.audio import AudioFormat
@@ -62,7 +64,23 @@ def parse_batch(data: Any, limits: WireLimits = DEFAULT_LIMITS) -> ParsedBatch:
             "requests", f"{len(items)} is over the limit of {limits.max_requests} (max_requests)"
         )
     parsed = tuple(_parse_item(index, item, limits) for index, item in enumerate(items))
+    _refuse_duplicate_ids(parsed)
     return ParsedBatch(parsed, envelope.audio_format)
+
+
+def _refuse_duplicate_ids(items: Sequence[SpeechRequest | Result]) -> None:
+    """Results are matched to requests by id, so two requests with one id cannot both be
+    answered: the client has a bug, and guessing which result is whose would hide it."""
+    first: dict[str, int] = {}
+    for index, item in enumerate(items):
+        earlier = first.setdefault(item.id, index)
+        if earlier != index:
+            shown = item.id if len(item.id) <= _MAX_ID_CHARS else item.id[:_MAX_ID_CHARS] + "…"
+            raise WireError(
+                "requests",
+                f"requests[{earlier}] and requests[{index}] have the same id {shown!r}: every "
+                "request of a batch needs its own id (identical requests share one; send it once)",
+            )
 
 
 def _parse_item(index: int, item: Any, limits: WireLimits) -> SpeechRequest | Result:
@@ -89,9 +107,11 @@ def run_batch(
     Errors of the engine itself (out of memory, a broken GPU) propagate: the host fails the
     job so the client can retry elsewhere, rather than blaming each request.
     """
-    generated = iter(engine.generate(batch.requests, cancel) if batch.requests else ())
+    items = [_check_context_audio(index, item) for index, item in enumerate(batch.items)]
+    requests = [item for item in items if isinstance(item, SpeechRequest)]
+    generated = iter(engine.generate(requests, cancel) if requests else ())
     results = []
-    for item in batch.items:
+    for item in items:
         if isinstance(item, Result):
             results.append(item)
             continue
@@ -102,6 +122,30 @@ def run_batch(
         audio = AudioData.from_audio(done.audio, batch.audio_format)
         results.append(Result(done.id, audio, done.audio.duration_ms, done.gpu_ms))
     return BatchResponse(tuple(results), engine.info())
+
+
+def _check_context_audio(index: int, item: SpeechRequest | Result) -> SpeechRequest | Result:
+    """Empty or non-finite context audio makes the engine fail (or poison) the whole batched
+    call, so such a request is answered with its own error before the engine sees it."""
+    if isinstance(item, Result):
+        return item
+    for position, segment in enumerate(item.context):
+        audio = segment.audio
+        if audio is None:
+            continue
+        field = f"requests[{index}].context[{position}].audio"
+        if audio.frames == 0:
+            return Result(
+                id=item.id,
+                error=f"{field}: has no samples; send some audio for every context segment, "
+                "or leave the segment out",
+            )
+        if not np.isfinite(audio.samples).all():
+            return Result(
+                id=item.id,
+                error=f"{field}: has NaN or infinite samples; send finite samples in [-1, 1]",
+            )
+    return item
 
 
 def handle_body(
