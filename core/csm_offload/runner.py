@@ -305,11 +305,13 @@ class Runner:
         return [head[i : i + size] for i in range(0, len(head), size)] + [[r] for r in tail]
 
     def _batch_size(self, plan: Plan, pending: int) -> int:
-        """Up to the target's `max_batch`, but small enough that every job slot gets a job:
-        larger batches would leave workers idle while a few do all the work."""
+        """Up to the target's `max_batch`, but small enough that every worker gets a job
+        (larger batches would leave workers idle while a few do all the work), and whole
+        rounds of jobs: 500 requests on 100 workers go as 100 jobs of 5, not 125 of 4."""
         target = plan.first.target
-        slots = in_flight_for(target, self.router.health.get(target.name))
-        return max(1, min(target.max_batch, math.ceil(pending / slots)))
+        health = self.router.health.get(target.name)
+        workers = (health.workers if health is not None else None) or in_flight_for(target, health)
+        return max(1, min(target.max_batch, math.ceil(pending / workers)))
 
     # --- one batch ------------------------------------------------------------------------
 
