@@ -53,7 +53,9 @@ class FakeProvider:
             kind=self.kind,
             description="in-memory test provider",
             settings_type=self.settings_type,
-            prices=PriceTable("2026-06-01", {"T4": self.usd_per_second}),
+            prices=PriceTable(
+                "2026-06-01", dict.fromkeys(("T4", "A100 80GB", "H100"), self.usd_per_second)
+            ),
             limits=ProviderLimits(max_batch=4),
             remote=self.remote,
             default_gpu="T4",

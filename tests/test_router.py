@@ -147,3 +147,30 @@ def test_the_seed_provider_setting_puts_the_preferred_target_first(plugins: Plug
     with registered_all(plugins, **providers()):
         plan = make_router(plugins, by_name).plan(BATCH, RouteOptions())
     assert names(plan) == ["cheap", "dear", "local"]  # local still goes after every remote
+
+
+def test_a_remote_target_without_a_price_is_unusable_never_free() -> None:
+    """A GPU missing from the provider's table must not look free to the router."""
+    from csm_offload.config import load_config_text
+    from csm_offload.plugins import load_plugins
+    from csm_offload.targets import check_targets
+
+    text = """
+providers:
+  odd:
+    kind: runpod
+    endpoint_id: abc
+    api_key: some-key-value
+    gpu: RTX 9999
+  priced:
+    kind: runpod
+    endpoint_id: abc
+    api_key: some-key-value
+    gpu: RTX 9999
+    usd_per_hour: 1.5
+"""
+    config = load_config_text(text, "prices.yaml", {})
+    odd, priced = check_targets(config, load_plugins(["runpod"]).providers)
+    assert not odd.usable and "no price for GPU 'RTX 9999'" in odd.reason
+    assert "usd_per_second" in odd.reason
+    assert priced.usable

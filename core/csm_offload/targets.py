@@ -163,6 +163,8 @@ def check_target(
         needs.append(needs_env_reason(spec.missing_env))
     if not problems and not needs and provider is not None and provider.missing:
         needs.append(f"plugin does not implement {', '.join(provider.missing)} yet")
+    if target is not None and not problems and not needs and _unpriced(target, provider):
+        needs.append(_unpriced_reason(target, provider))
     reasons = problems + needs
     if target is not None and not reasons:
         return TargetCheck(spec.name, spec.kind, target, "ok", provider, spec=spec)
@@ -176,6 +178,25 @@ def check_target(
         spec=spec,
         errors=tuple(problems),
         needs=tuple(needs),
+    )
+
+
+def _unpriced(target: Target, provider: Provider | None) -> bool:
+    """A remote target with no price would look free to the router, which would pick it
+    first: it is unusable until the config prices it."""
+    return (
+        provider is not None
+        and provider.info.remote
+        and target.price_per_second(provider.info) is None
+    )
+
+
+def _unpriced_reason(target: Target, provider: Provider | None) -> str:
+    assert provider is not None
+    table = provider.info.prices
+    return (
+        f"no price for GPU {target.gpu!r} in the {target.kind} price table of {table.date}: "
+        "set usd_per_second or usd_per_hour on the target (or a gpu the table lists)"
     )
 
 
