@@ -6,6 +6,9 @@ PIP := $(BIN)/python -m pip
 LIGHT_PLUGINS := -e plugins/runpod -e plugins/thunder -e plugins/modal -e plugins/espeak
 # torchaudio's PyPI wheels need the torch build they were made with: pin both.
 TORCH := torch==2.11.0 torchaudio==2.11.0
+# The worker image's pins constrain the test install, so the tests run what the image ships
+# (tests/test_runpod_deploy.py checks that they agree).
+WORKER_PINS := plugins/runpod/deploy/requirements.txt
 
 .PHONY: demo test install-light install-all lint clean
 
@@ -20,7 +23,7 @@ install-light: $(BIN)/python
 # Everything, with the test tools and the local CSM engine (torch, torchaudio, transformers).
 install-all: $(BIN)/python
 	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -e '.[test]' $(LIGHT_PLUGINS) -e plugins/local_csm -e examples/provider_acme -r tests/requirements.txt
+	$(PIP) install --quiet -c $(WORKER_PINS) -e '.[test]' $(LIGHT_PLUGINS) -e plugins/local_csm -e examples/provider_acme -r tests/requirements.txt
 
 # README command one: speak the example text with whatever target is usable (on a fresh machine
 # with no keys and no GPU that is the free eSpeak draft voice) and say which target made it, why.
