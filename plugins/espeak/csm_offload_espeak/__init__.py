@@ -121,7 +121,13 @@ async def poll(target: Target, handle: JobHandle, http: Any) -> JobStatus:
             "ended, or finished long ago); submit it again",
             target=target.name,
         )
-    return jobs.status(job)
+    found = jobs.status(job)
+    if found.state.finished:
+        # The answer now lives in the runner's hands (and then in its journal): holding the
+        # audio here too would make memory grow with the length of the text. A later poll of
+        # this job gets JobLost, and a free local job is simply made again.
+        _jobs.forget(handle.job_id)
+    return found
 
 
 @hookimpl

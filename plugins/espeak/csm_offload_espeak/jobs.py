@@ -82,6 +82,10 @@ class JobTable:
         with self._lock:
             return self._jobs.get(job_id)
 
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            self._jobs.pop(job_id, None)
+
     def cancel(self, job_id: str) -> None:
         job = self.get(job_id)
         if job is None:
