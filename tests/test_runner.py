@@ -22,6 +22,7 @@ from csm_offload.backoff import (
     retry_delay,
 )
 from csm_offload.breaker import BreakerState, CircuitBreaker
+from csm_offload.errors import TOO_LONG
 from csm_offload.health import HealthCache
 from csm_offload.journal import Journal
 from csm_offload.model import SpeechRequest
@@ -236,6 +237,34 @@ def test_an_error_that_recurs_is_not_retried_again(plugins: Plugins, tmp_path: P
     assert a.submitted[bad] == 2
     assert "not retried" in (result.outcomes[bad].error or "")
     assert all(result.outcomes[r.id].ok for r in requests if r.id != bad)
+
+
+def test_a_text_too_long_for_one_request_is_split_and_joined(
+    plugins: Plugins, tmp_path: Path
+) -> None:
+    """A worker that says a text is too long for one request gets its parts instead; the
+    request the user asked for is their audio joined (and journaled under its own id)."""
+    a = ScriptedProvider("cloud_a")
+
+    def too_long_over_40(job):  # type: ignore[no-untyped-def]
+        long = {r.id: f"{TOO_LONG}: use shorter text" for r in job.batch if len(r.text) > 40}
+        return completed(job, long)
+
+    a.script("poll", *[too_long_over_40 for _ in range(20)])
+    text = "First part of a long text, with a clause. Second part follows it, then ends."
+    request = SpeechRequest(text)
+    with registered_all(plugins, a=a):
+        router = make_router(plugins, ONE.format(batch=1, in_flight=2))
+        result = run(router, [request], tmp_path / "j")
+    outcome = result.outcomes[request.id]
+    assert outcome.ok, outcome.error
+    parts = [r for r in a.submitted if r != request.id]
+    assert len(parts) >= 2
+    assert outcome.audio is not None and outcome.audio.duration > tone_for(request).duration / 2
+    # Journaled under the asked-for id: a rerun pays for nothing.
+    with registered_all(plugins, a=a):
+        again = run(router, [request], tmp_path / "j")
+    assert again.outcomes[request.id].cached
 
 
 def test_rejected_request_is_not_sent_again(plugins: Plugins, tmp_path: Path) -> None:

@@ -86,5 +86,15 @@ class Rejected(ProviderError):
     """The target refused this request for good (too large, invalid): do not send it again."""
 
 
+#: The words a provider or worker puts in the error of a request whose text is too long for one
+#: request: the runner then splits the text at its best breaks and generates the parts instead.
+TOO_LONG = "too long for one request"
+
+
+class TooLong(Rejected):
+    """This request's text is too long for one request on this target (its message should
+    contain `TOO_LONG`): the runner splits it into shorter parts instead of failing it."""
+
+
 class JobLost(ProviderError):
     """The provider no longer knows the job (expired or dropped): resubmit it."""

@@ -31,6 +31,7 @@ from .breaker import Breakers, BreakerState
 from .budget import NOTHING, Budget, Hold
 from .capacity import Capacity, in_flight_for
 from .errors import (
+    TOO_LONG,
     BudgetExceeded,
     CsmOffloadError,
     JobLost,
@@ -50,6 +51,7 @@ from .polling import PollSchedule, PollTimes
 from .router import Choice, Plan, RouteOptions, Router
 from .scrub import scrub
 from .speed import SpeedBook
+from .splits import PAUSE_S, Splits
 from .target import RateLimit
 
 
@@ -216,6 +218,7 @@ class Runner:
         self._total = 0
         self._in_flight = 0
         self.budget = Budget(self.settings.max_usd, self.settings.budget_margin)
+        self.splits = Splits()
         times = PollTimes(
             self.settings.first_poll_s,
             self.settings.poll_min_s,
@@ -486,8 +489,20 @@ class Runner:
         if len(part) > 1:
             batch.max_batch = 1
             return
+        if TOO_LONG in message and self._split(batch, part[0], message):
+            return
         self._fail_all(part, f"refused by the provider: {message}")
         batch.requests = [r for r in batch.requests if r.id != part[0].id]
+
+    def _split(self, batch: _Batch, request: SpeechRequest, why: str) -> bool:
+        """Replace a request that is too long for one request by its parts (see `splits`)."""
+        parts = self.splits.split(request)
+        if parts is None:
+            return False
+        self.journal.record_requests(parts)
+        batch.requests = [r for r in batch.requests if r.id != request.id] + parts
+        self._emit("split", request.id, None, f"{len(parts)} parts: {why}")
+        return True
 
     def _attempt_error(self, target: str, exc: BaseException, batch: _Batch) -> _Attempt:
         attempt = batch.failures[target]
@@ -739,7 +754,12 @@ class Runner:
             error="; ".join(failed.values()) or None,
         )
         batch.requests = [r for r in batch.requests if r.id not in done]
+        split: set[str] = set()
         for request_id, error in failed.items():
+            request = next((r for r in part if r.id == request_id), None)
+            if TOO_LONG in error and request is not None and self._split(batch, request, error):
+                split.add(request_id)
+                continue
             batch.request_failures[request_id] += 1
             self._record_failure(choice.target.name, error)
             # A worker that gives the same error for the same request twice will give it
@@ -750,6 +770,7 @@ class Runner:
                 why = f"{error} (the same error twice: not retried)" if recurs else error
                 self._fail_all([r for r in part if r.id == request_id], why)
                 batch.requests = [r for r in batch.requests if r.id != request_id]
+        failed = {rid: e for rid, e in failed.items() if rid not in split}
         if failed and not done and batch.requests:
             # Worker errors may be the worker's state: back off. Missing or unreadable
             # results are final answers: resubmit at once.
@@ -964,17 +985,48 @@ class Runner:
     def _fail_all(self, requests: Sequence[SpeechRequest], error: str) -> None:
         error = scrub(error)
         for request in requests:
-            if request.id not in self._outcomes:
-                self._outcomes[request.id] = Outcome(request.id, error=error)
-                self._emit("failed", request.id, None, error)
+            # A part of a split request fails the request the user asked for.
+            request_id = self.splits.root_of(request.id)
+            if request_id not in self._outcomes:
+                self._outcomes[request_id] = Outcome(request_id, error=error)
+                self._emit("failed", request_id, None, error)
 
     def _succeed(self, outcome: Outcome) -> None:
+        if self.splits.parent_of(outcome.request_id) is not None:
+            self._part_done(outcome)
+            return
         known = self._outcomes.get(outcome.request_id)
         if known is not None and known.ok:
             return  # a late copy of work already done (see `_watch`)
         self._outcomes[outcome.request_id] = outcome
         self._done += 1
         self._cached += outcome.cached
+
+    def _part_done(self, outcome: Outcome) -> None:
+        """A part of a split request is in; when all are, their audio joined is the parent's
+        result, journaled like any other (so a rerun finds it)."""
+        parent = self.splits.parent_of(outcome.request_id)
+        assert parent is not None
+        outcomes = self.splits.finished(outcome.request_id, outcome)
+        if outcomes is None or parent in self._outcomes:
+            return
+        parts = [o for o in outcomes if isinstance(o, Outcome)]
+        audios = [o.audio for o in parts]
+        pause = Audio.silence(PAUSE_S, audios[0].sample_rate) if audios[0] else None
+        joined: list[Audio] = []
+        for index, audio in enumerate(audios):
+            if audio is None:
+                return
+            if index and pause is not None:
+                joined.append(pause)
+            joined.append(audio)
+        audio = Audio.concat(joined)
+        sha = self.journal.put_audio(audio)
+        quality, target = parts[0].quality or "csm", parts[0].target or ""
+        stored = self.journal.record_result(parent, quality, target, None, sha, audio.duration_ms)
+        path = self.journal.audio_path(stored.audio_sha256)
+        self._succeed(Outcome(parent, path, target, quality))
+        self._emit("completed", parent, target, f"joined from {len(parts)} parts")
 
     def _record_failure(self, target: str, message: str) -> None:
         self._failures.setdefault(target, []).append(scrub(message))

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from csm_offload import CSM_SAMPLE_RATE, Audio, SpeechRequest
+from csm_offload.errors import TOO_LONG
 
 from .library import PARAM_PITCH, PARAM_RATE, EspeakLibrary, EspeakLoadError, default_paths
 from .settings import EspeakSettings, speaker_voice
@@ -107,7 +108,8 @@ class Engine:
             spoken = library.synthesize(request.text, cap + 1, cancelled, request.seed)
         if spoken.stopped and not cancelled():
             raise TooLong(
-                f"its speech runs past max_audio_length_ms={request.max_audio_length_ms}; "
+                f"{TOO_LONG}: its speech runs past "
+                f"max_audio_length_ms={request.max_audio_length_ms}; "
                 "split the text into shorter chunks (csm-offload synth --max-chars, e.g. 200)"
             )
         audio = Audio(spoken.samples.astype("float32") / 32768.0, spoken.sample_rate)

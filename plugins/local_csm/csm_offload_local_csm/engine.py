@@ -25,6 +25,7 @@ from transformers.utils import logging as hf_logging
 
 from csm_offload import Audio, SpeechRequest, UserError, WorkerInfo
 from csm_offload.audio import CSM_SAMPLE_RATE
+from csm_offload.errors import TOO_LONG
 
 from .options import DEFAULT_OPTIONS, EngineOptions
 from .weights import cached, looks_like_path, missing_directory, weights_status
@@ -207,8 +208,9 @@ class CsmEngine:
             # Name settings a user has: the CLI splits text with --max-chars; the length
             # cap is a field of the request, set through the Python API.
             raise ContextTooLong(
-                f"prompt is {prompt} tokens (text and context audio) and {frames} frames "
-                f"(max_audio_length_ms={request.max_audio_length_ms}) are asked for, over "
+                f"{TOO_LONG}: prompt is {prompt} tokens (text and context audio) and "
+                f"{frames} frames (max_audio_length_ms={request.max_audio_length_ms}) are "
+                "asked for, over "
                 f"CSM's {self.max_tokens}-token context: give shorter text (csm-offload synth "
                 "--max-chars, e.g. 200) or shorter or fewer context segments"
             )

@@ -38,6 +38,7 @@ from csm_offload import (
     hookimpl,
     wire,
 )
+from csm_offload.errors import TOO_LONG, TooLong
 from csm_offload.results import result_audio
 
 from . import api, cost
@@ -222,8 +223,8 @@ def _check_batch(target: Target, batch: list[SpeechRequest]) -> None:
         )
     for request in batch:
         if len(request.text) > LIMITS.max_text_chars:
-            raise Rejected(
-                f"request {request.id} has {len(request.text)} characters; "
+            raise TooLong(
+                f"{TOO_LONG}: request {request.id} has {len(request.text)} characters; "
                 f"split text into chunks of at most {LIMITS.max_text_chars}",
                 target=target.name,
             )
