@@ -22,7 +22,7 @@ from csm_offload.backoff import (
     retry_delay,
 )
 from csm_offload.breaker import BreakerState, CircuitBreaker
-from csm_offload.errors import TOO_LONG
+from csm_offload.errors import PERMANENT, TOO_LONG
 from csm_offload.health import HealthCache
 from csm_offload.journal import Journal
 from csm_offload.model import SpeechRequest
@@ -237,6 +237,21 @@ def test_an_error_that_recurs_is_not_retried_again(plugins: Plugins, tmp_path: P
     assert a.submitted[bad] == 2
     assert "not retried" in (result.outcomes[bad].error or "")
     assert all(result.outcomes[r.id].ok for r in requests if r.id != bad)
+
+
+def test_an_error_marked_permanent_is_not_retried(plugins: Plugins, tmp_path: Path) -> None:
+    a = ScriptedProvider("cloud_a")
+    requests = requests_for(2)
+    bad = requests[0].id
+    error = f"requests[0].context[0].audio: has no samples ({PERMANENT})"
+    a.script("poll", *[lambda job: completed(job, {bad: error}) for _ in range(5)])
+    with registered_all(plugins, a=a):
+        result = run(
+            make_router(plugins, ONE.format(batch=2, in_flight=1)), requests, tmp_path / "j"
+        )
+    assert a.submitted[bad] == 1  # never paid for again
+    assert PERMANENT in (result.outcomes[bad].error or "")
+    assert result.outcomes[requests[1].id].ok
 
 
 def test_a_text_too_long_for_one_request_is_split_and_joined(

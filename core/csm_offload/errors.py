@@ -86,6 +86,10 @@ class Rejected(ProviderError):
     """The target refused this request for good (too large, invalid): do not send it again."""
 
 
+#: The words a worker puts in a result's error that no retry can fix (the request itself is
+#: invalid): the runner fails that request at once instead of paying to hear it again.
+PERMANENT = "cannot succeed on a retry"
+
 #: The words a provider or worker puts in the error of a request whose text is too long for one
 #: request: the runner then splits the text at its best breaks and generates the parts instead.
 TOO_LONG = "too long for one request"

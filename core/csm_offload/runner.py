@@ -31,6 +31,7 @@ from .breaker import Breakers, BreakerState
 from .budget import NOTHING, Budget, Hold
 from .capacity import Capacity, in_flight_for
 from .errors import (
+    PERMANENT,
     TOO_LONG,
     BudgetExceeded,
     CsmOffloadError,
@@ -766,7 +767,9 @@ class Runner:
             # again (text too long for the voice, bad context audio): stop paying for it.
             recurs = error.startswith("worker error") and batch.last_errors.get(request_id) == error
             batch.last_errors[request_id] = error
-            if recurs or batch.request_failures[request_id] > self.settings.retry.max_retries:
+            permanent = PERMANENT in error
+            exhausted = batch.request_failures[request_id] > self.settings.retry.max_retries
+            if permanent or recurs or exhausted:
                 why = f"{error} (the same error twice: not retried)" if recurs else error
                 self._fail_all([r for r in part if r.id == request_id], why)
                 batch.requests = [r for r in batch.requests if r.id != request_id]

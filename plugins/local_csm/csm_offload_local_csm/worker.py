@@ -17,7 +17,7 @@ import numpy as np
 
 from csm_offload import AudioData, BatchRequest, BatchResponse, Result, SpeechRequest, WorkerInfo
 from csm_offload.audio import AudioFormat
-from csm_offload.errors import WireError
+from csm_offload.errors import PERMANENT, WireError
 from csm_offload.wire import DEFAULT_LIMITS, WireLimits, structure
 
 #: The longest request id echoed back in a per-request error.
@@ -89,7 +89,7 @@ def _parse_item(index: int, item: Any, limits: WireLimits) -> SpeechRequest | Re
     except WireError as exc:
         where = f"requests[{index}]" if exc.field == "$" else f"requests[{index}].{exc.field}"
         message = str(exc).split(": ", 1)[-1]
-        return Result(id=_item_id(index, item), error=f"{where}: {message}")
+        return Result(id=_item_id(index, item), error=f"{where}: {message}; {PERMANENT}")
 
 
 def _item_id(index: int, item: Any) -> str:
@@ -137,13 +137,15 @@ def _check_context_audio(index: int, item: SpeechRequest | Result) -> SpeechRequ
         if audio.frames == 0:
             return Result(
                 id=item.id,
-                error=f"{field}: has no samples; send some audio for every context segment, "
+                error=f"{field}: has no samples ({PERMANENT}); send some audio for every "
+                "context segment, "
                 "or leave the segment out",
             )
         if not np.isfinite(audio.samples).all():
             return Result(
                 id=item.id,
-                error=f"{field}: has NaN or infinite samples; send finite samples in [-1, 1]",
+                error=f"{field}: has NaN or infinite samples ({PERMANENT}); send finite "
+                "samples in [-1, 1]",
             )
     return item
 
