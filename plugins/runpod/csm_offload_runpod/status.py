@@ -83,7 +83,8 @@ def parse_status(
         results, unusable = _results(data, request_ids, limits)
         if unusable is not None:
             # Final, though unusable: polling again would bring the same answer.
-            return JobStatus(JobState.FAILED, error=unusable, queue_ms=queue_ms, exec_ms=exec_ms)
+            error = _error_text(unusable)
+            return JobStatus(JobState.FAILED, error=error, queue_ms=queue_ms, exec_ms=exec_ms)
         return JobStatus(state, results=results, queue_ms=queue_ms, exec_ms=exec_ms)
     error = None
     if state in (JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED):
