@@ -7,7 +7,8 @@ import click
 from csm_offload.secret import Secret
 from csm_offload.wire import WireLimits
 
-from .server import (
+from .server import serve
+from .settings import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_KEEP_ALIVE_S,
@@ -15,7 +16,6 @@ from .server import (
     DEFAULT_SERVER_LIMITS,
     ServerSettings,
     check_settings,
-    serve,
 )
 
 
