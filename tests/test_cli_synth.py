@@ -13,11 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from csm_offload import Audio
+from csm_offload.audio import CHUNK_PAUSE_S, join_audio
 from csm_offload.chunking import chunk_text
 from csm_offload.cli import main
 from csm_offload.cli.synth import DEFAULT_CHUNK_CHARS
 from csm_offload.journal import Journal
-from csm_offload.manager import CHUNK_PAUSE_S, join_audio
 from csm_offload.model import SpeechRequest
 from csm_offload.output import AudioWriter
 from tests.sim.runpod_cloud import SimulatedRunPod

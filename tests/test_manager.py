@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from csm_offload import ProviderError, Segment, SpeechRequest, TransientError, UserError
+from csm_offload.audio import CHUNK_PAUSE_S
 from csm_offload.config import load_config_text
-from csm_offload.manager import CHUNK_PAUSE_S, CloudGPUManager
+from csm_offload.manager import CloudGPUManager
 from csm_offload.plugins import Plugins
 from csm_offload.runner import Progress
 from tests.scripted_provider import ScriptedProvider, registered_all, tone_for

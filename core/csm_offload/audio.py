@@ -7,7 +7,7 @@ lazy import (`to_torch`), so `import csm_offload` stays light for the plugins th
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -204,3 +204,21 @@ class Audio:
         import torch
 
         return torch.from_numpy(self.samples.copy())
+
+
+#: Pause between the chunks of one long text (and the parts of a split request).
+CHUNK_PAUSE_S = 0.2
+
+
+def join_audio(parts: Sequence[Audio], pause_s: float = CHUNK_PAUSE_S) -> Audio:
+    """Chunks end to end with a short pause between them, at the first chunk's rate."""
+    if not parts:
+        return Audio.silence(0.0)
+    rate = parts[0].sample_rate
+    gap = Audio.silence(pause_s, rate)
+    items: list[Audio] = []
+    for index, part in enumerate(parts):
+        if index:
+            items.append(gap)
+        items.append(part)
+    return Audio.concat(items, rate)

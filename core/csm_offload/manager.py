@@ -19,7 +19,7 @@ from pathlib import Path
 import attrs
 import httpx
 
-from .audio import Audio
+from .audio import Audio, join_audio
 from .backoff import RetryPolicy
 from .breaker import Breakers
 from .chunking import chunk_text
@@ -39,8 +39,6 @@ from .transport import ShardedTransport
 #: Seconds a single HTTP request may take before it counts as a transient failure. Plugins
 #: that hold a request open on purpose (RunPod's /runsync) pass a longer timeout for that call.
 HTTP_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=None)
-#: Pause between chunks of one utterance when long text is split.
-CHUNK_PAUSE_S = 0.2
 
 
 def http_client() -> httpx.AsyncClient:
@@ -160,20 +158,6 @@ class CloudGPUManager:
             raise ProviderError(f"speech generation failed: {first.error}\n{result.summary()}")
         audios = [result.outcomes[r.id].audio for r in requests]
         return join_audio([a for a in audios if a is not None])
-
-
-def join_audio(parts: Sequence[Audio], pause_s: float = CHUNK_PAUSE_S) -> Audio:
-    """Chunks end to end with a short pause between them, at the first chunk's rate."""
-    if not parts:
-        return Audio.silence(0.0)
-    rate = parts[0].sample_rate
-    gap = Audio.silence(pause_s, rate)
-    items: list[Audio] = []
-    for index, part in enumerate(parts):
-        if index:
-            items.append(gap)
-        items.append(part)
-    return Audio.concat(items, rate)
 
 
 def _with_budget(settings: RunnerSettings, max_usd: float) -> RunnerSettings:

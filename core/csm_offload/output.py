@@ -138,7 +138,7 @@ class AudioWriter:
     `with` block on an exception) removes the temporary file.
 
     The samples are quantised one segment at a time exactly as `Audio.encode` does, so the
-    file equals `join_audio(parts).encode(fmt)` without ever holding the whole."""
+    file equals `audio.join_audio(parts).encode(fmt)` without ever holding the whole."""
 
     def __init__(self, path: Path, fmt: AudioFormat, pause_s: float = 0.0) -> None:
         self.path = path

@@ -25,7 +25,7 @@ import attrs
 import httpx
 
 from . import journal as jr
-from .audio import Audio
+from .audio import Audio, join_audio
 from .backoff import RetryPolicy, retry_delay
 from .breaker import Breakers, BreakerState
 from .budget import NOTHING, Budget, Hold
@@ -47,13 +47,12 @@ from .errors import (
 from .journal import JobRow, Journal
 from .liveness import Liveness, Overtaking
 from .model import JobHandle, JobState, JobStatus, SpeechRequest
-from .pacing import Pacers
+from .pacing import Pacer, Pacers
 from .polling import PollSchedule, PollTimes
 from .router import Choice, Plan, RouteOptions, Router
 from .scrub import scrub
 from .speed import SpeedBook
-from .splits import PAUSE_S, Splits
-from .target import RateLimit
+from .splits import Splits
 
 
 @attrs.frozen
@@ -387,9 +386,14 @@ class Runner:
             slot.resize(limit)
         return slot
 
-    async def _pace(self, choice: Choice, call: str, limit: RateLimit | None) -> None:
+    def _pacer(self, choice: Choice, call: str) -> Pacer:
+        """The pacer of one call kind ("submit" or "poll") on the choice's target."""
+        limits = choice.provider.info.limits
+        limit = limits.submit_rate if call == "submit" else limits.poll_rate
+        return self.pacers.of(choice.target.name, call, limit)
+
+    async def _pace(self, pacer: Pacer) -> None:
         """Wait for this call's turn under the target's pace (published limits, 429s)."""
-        pacer = self.pacers.of(choice.target.name, call, limit)
         while True:
             wait = pacer.reserve()
             if wait <= 0:
@@ -399,9 +403,7 @@ class Runner:
                 return
 
     def _rate_limited(self, choice: Choice, call: str, exc: RateLimited) -> float:
-        limits = choice.provider.info.limits
-        limit = limits.submit_rate if call == "submit" else limits.poll_rate
-        wait = self.pacers.of(choice.target.name, call, limit).rate_limited(exc.retry_after)
+        wait = self._pacer(choice, call).rate_limited(exc.retry_after)
         self._emit("rate-limited", None, choice.target.name, f"{call}: waiting {wait:.1f} s")
         return wait
 
@@ -473,10 +475,9 @@ class Runner:
     async def _submit_paced(self, choice: Choice, part: list[SpeechRequest]) -> JobHandle:
         """Submit at the target's pace; a 429 means "later", never "failed": the same
         submission waits its turn and goes again."""
-        limit = choice.provider.info.limits.submit_rate
-        pacer = self.pacers.of(choice.target.name, "submit", limit)
+        pacer = self._pacer(choice, "submit")
         while True:
-            await self._pace(choice, "submit", limit)
+            await self._pace(pacer)
             try:
                 handle = await self._call(choice.provider.submit(choice.target, part, self.http))
             except RateLimited as exc:
@@ -579,8 +580,9 @@ class Runner:
         target, provider = choice.target, choice.provider
         first = self.schedule.first(target.name, chars)
         blind = self.speeds.of(target.name).predict(chars) is None
-        limit = provider.info.limits.poll_rate
-        pacer = self.pacers.of(target.name, "poll", limit)
+        pacer = self._pacer(choice, "poll")
+        # An answered handle's poll makes no request: it must not spend the target's pace.
+        paced = not handle.answered
         polls = errors = 0
         failing_since: float | None = None
         while True:
@@ -595,7 +597,8 @@ class Runner:
                 if planned > time.monotonic() + 0.001:
                     next_at = planned
                     continue
-            await self._pace(choice, "poll", limit)
+            if paced:
+                await self._pace(pacer)
             try:
                 status = await self._call(provider.poll(target, handle, self.http))
             except RateLimited as exc:
@@ -633,7 +636,7 @@ class Runner:
             assert isinstance(status, JobStatus)
             pacer.ok()
             errors, failing_since = 0, None
-            if polls == 0 and not blind:
+            if polls == 0 and not blind and paced:
                 self.speeds.of(target.name).first_poll_was(
                     status.state.finished, self.settings.poll_margin_s, 0.25 * first
                 )
@@ -1015,15 +1018,9 @@ class Runner:
             return
         parts = [o for o in outcomes if isinstance(o, Outcome)]
         audios = [o.audio for o in parts]
-        pause = Audio.silence(PAUSE_S, audios[0].sample_rate) if audios[0] else None
-        joined: list[Audio] = []
-        for index, audio in enumerate(audios):
-            if audio is None:
-                return
-            if index and pause is not None:
-                joined.append(pause)
-            joined.append(audio)
-        audio = Audio.concat(joined)
+        if any(a is None for a in audios):
+            return
+        audio = join_audio([a for a in audios if a is not None])
         sha = self.journal.put_audio(audio)
         quality, target = parts[0].quality or "csm", parts[0].target or ""
         stored = self.journal.record_result(parent, quality, target, None, sha, audio.duration_ms)

@@ -16,9 +16,6 @@ from .chunking import chunk_text
 from .errors import UserError
 from .model import SpeechRequest
 
-#: Pause between the parts of a split request, as between the chunks of a long text.
-PAUSE_S = 0.2
-
 
 class Splits:
     def __init__(self) -> None:

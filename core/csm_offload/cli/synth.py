@@ -26,10 +26,10 @@ from rich.progress import (
 )
 from rich.progress import Progress as Bar
 
-from ..audio import AudioFormat
+from ..audio import CHUNK_PAUSE_S, AudioFormat
 from ..chunking import chunk_text
 from ..errors import AudioError, BudgetExceeded, ProviderError, UserError
-from ..manager import CHUNK_PAUSE_S, CloudGPUManager
+from ..manager import CloudGPUManager
 from ..model import SpeechRequest
 from ..output import (
     WAV_MAX_BYTES,
