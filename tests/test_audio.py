@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -136,3 +138,49 @@ def test_core_never_imports_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _speech_like(seconds: float = 1.0, rate: int = 24_000) -> Audio:
+    t = np.arange(int(seconds * rate)) / rate
+    noise = np.random.default_rng(3).standard_normal(t.size)
+    return Audio((0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * noise).astype(np.float32), rate)
+
+
+def test_lazy_flac_is_checked_but_decoded_only_when_read() -> None:
+    data = _speech_like().encode("flac")
+    lazy = Audio.decode(data, lazy=True)
+    assert not lazy.decoded
+    assert (lazy.frames, lazy.sample_rate, lazy.duration_ms) == (24_000, 24_000, 1000)
+    assert lazy.encode("flac") == data  # stored as received, never decoded for it
+    assert lazy.is_finite() and not lazy.decoded
+    assert lazy == Audio.decode(data)  # reading the samples decodes them, once
+    assert lazy.decoded
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.6, 0.95])
+def test_lazy_flac_cut_off_is_refused_at_once(keep: float) -> None:
+    data = _speech_like().encode("flac")
+    with pytest.raises(AudioError, match=r"corrupt|cut off"):
+        Audio.decode(data[: int(len(data) * keep)], lazy=True)
+
+
+def test_lazy_is_only_for_what_can_be_stored_as_received() -> None:
+    wav = _speech_like().encode("wav")
+    assert Audio.decode(wav, lazy=True).decoded
+    stereo = io.BytesIO()
+    sf.write(stereo, np.zeros((100, 2), dtype=np.int16), 8000, format="FLAC")
+    assert Audio.decode(stereo.getvalue(), lazy=True).decoded
+
+
+def test_lazy_flac_damaged_inside_fails_clearly_when_read() -> None:
+    data = bytearray(_speech_like(2.0).encode("flac"))
+    middle = len(data) // 2
+    data[middle : middle + 2000] = bytes(2000)  # frames zeroed, the last one intact
+    lazy = Audio.decode(bytes(data), lazy=True)
+    with pytest.raises(AudioError, match="corrupt"):
+        _ = lazy.samples
+
+
+def test_audio_needs_samples_or_their_bytes() -> None:
+    with pytest.raises(AudioError, match="needs samples"):
+        Audio(None, 24_000)  # type: ignore[arg-type]

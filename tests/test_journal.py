@@ -344,3 +344,47 @@ def test_a_failed_audio_write_leaves_no_tmp_file(
         # Space freed: the same audio is stored whole.
         sha = journal.put_audio(tone_for(SpeechRequest("lost")))
         assert journal.audio_path(sha).is_file()
+
+
+def test_a_jobs_results_and_its_end_are_one_commit(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite3") as journal:
+        sha = journal.put_audio(tone_for(SpeechRequest("x")))
+        key = journal.begin_job("a", "csm", ["r1", "r2"], 0.01)
+
+        def interrupted() -> None:
+            with journal.transaction():
+                journal.record_result("r1", "csm", "a", key, sha, 1000)
+                with journal.transaction():  # a nested use joins the outer one
+                    journal.job_finished(key, COMPLETED, actual_usd=0.01)
+                raise RuntimeError("the process stopped between the two")
+
+        with pytest.raises(RuntimeError):
+            interrupted()
+        assert journal.cached(["r1"], "csm") == {}
+        assert journal.job(key).state == SUBMITTING
+        with journal.transaction():
+            first = journal.record_result("r1", "csm", "a", key, sha, 1000)
+            journal.job_finished(key, COMPLETED, actual_usd=0.01)
+        assert not journal.db.in_transaction
+    with Journal(tmp_path / "j.sqlite3") as journal:
+        assert journal.cached(["r1"], "csm")["r1"] == first
+        assert journal.job(key).state == COMPLETED
+
+
+def test_a_later_duplicate_result_keeps_the_first(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite3") as journal:
+        first = journal.record_result("r1", "csm", "a", None, "ab" * 32, 1000)
+        again = journal.record_result("r1", "csm", "b", None, "cd" * 32, 2000)
+        assert again == first
+
+
+def test_stored_audio_damaged_inside_names_the_file_and_the_fix(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite3") as journal:
+        stored = journal.store_result("r1", "csm", "a", None, tone_for(SpeechRequest("x" * 80)))
+        path = journal.audio_path(stored.audio_sha256)
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2 : len(data) // 2 + 1500] = bytes(1500)
+        path.write_bytes(bytes(data))
+        with pytest.raises(UserError, match="delete that file") as caught:
+            journal.load_audio(stored)
+        assert str(path) in str(caught.value)

@@ -60,6 +60,25 @@ def _as_mono_float32(samples: Any) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def _open(data: bytes) -> sf.SoundFile:
+    try:
+        reader = sf.SoundFile(io.BytesIO(data))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise AudioError(f"not a readable WAV or FLAC file ({exc})") from None
+    if reader.format not in ("WAV", "FLAC", "WAVEX"):
+        reader.close()
+        raise AudioError(f"audio must be WAV or FLAC, got {reader.format}")
+    return reader
+
+
+def _decode_flac(data: bytes) -> np.ndarray:
+    try:
+        samples, _rate = sf.read(io.BytesIO(data), dtype="float32")
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioError(f"audio data is corrupt ({exc})") from None
+    return _as_mono_float32(samples)
+
+
 def _check_rate(sample_rate: int) -> None:
     if not isinstance(sample_rate, int) or not 1 <= sample_rate <= MAX_SAMPLE_RATE:
         raise AudioError(
@@ -67,16 +86,31 @@ def _check_rate(sample_rate: int) -> None:
         )
 
 
+def _samples_or_none(samples: Any) -> np.ndarray | None:
+    return None if samples is None else _as_mono_float32(samples)
+
+
 @attrs.frozen(eq=False)
 class Audio:
-    """Mono audio. Samples are float32 in [-1, 1]; equality compares samples exactly."""
+    """Mono audio. Samples are float32 in [-1, 1]; equality compares samples exactly.
 
-    samples: np.ndarray = attrs.field(converter=_as_mono_float32)
+    Audio read from a 16-bit mono FLAC may leave its samples undecoded (`decode(..., lazy=True)`)
+    until something reads them: the runner only stores and measures what it receives, and
+    decoding every result was the largest part of its CPU per job.
+    """
+
+    _samples: np.ndarray | None = attrs.field(alias="samples", converter=_samples_or_none)
     sample_rate: int = attrs.field()
     #: The 16-bit mono FLAC these samples were decoded from, if any: encoding them again
     #: would give the same samples, so `encode("flac")` returns these bytes instead (it is
     #: the largest part of the client's CPU per job otherwise). Never part of equality.
     source_flac: bytes | None = attrs.field(default=None, kw_only=True, repr=False)
+    #: The frame count of undecoded samples (from the FLAC header); unused once decoded.
+    _lazy_frames: int = attrs.field(default=0, kw_only=True, alias="lazy_frames", repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self._samples is None and self.source_flac is None:
+            raise AudioError("audio needs samples, or the FLAC bytes to decode them from")
 
     @sample_rate.validator
     def _valid_rate(self, _attribute: attrs.Attribute, value: int) -> None:
@@ -94,8 +128,22 @@ class Audio:
         return f"Audio({self.duration:.3f}s at {self.sample_rate} Hz)"
 
     @property
+    def samples(self) -> np.ndarray:
+        if self._samples is None:
+            # Frozen, but decoding once and keeping the result changes nothing observable.
+            object.__setattr__(self, "_samples", _decode_flac(self.source_flac or b""))
+        return self._samples  # type: ignore[return-value]
+
+    @property
     def frames(self) -> int:
-        return int(self.samples.shape[0])
+        if self._samples is None:
+            return self._lazy_frames
+        return int(self._samples.shape[0])
+
+    @property
+    def decoded(self) -> bool:
+        """Whether the samples are in memory (False only for lazily read FLAC)."""
+        return self._samples is not None
 
     @property
     def duration(self) -> float:
@@ -111,6 +159,10 @@ class Audio:
         if self.frames == 0:
             return 0.0
         return float(np.sqrt(np.mean(np.square(self.samples, dtype=np.float64))))
+
+    def is_finite(self) -> bool:
+        """No NaN or infinity in the samples (16-bit PCM read lazily cannot hold any)."""
+        return self._samples is None or bool(np.isfinite(self._samples).all())
 
     def peak(self) -> float:
         return float(np.max(np.abs(self.samples))) if self.frames else 0.0
@@ -163,33 +215,43 @@ class Audio:
         return Audio(quantize16(self.samples).astype(np.float32) / _PCM_SCALE, self.sample_rate)
 
     @classmethod
-    def decode(cls, data: bytes, max_decoded_bytes: int | None = None) -> Audio:
+    def decode(
+        cls, data: bytes, max_decoded_bytes: int | None = None, *, lazy: bool = False
+    ) -> Audio:
         """Read WAV or FLAC bytes (any channel count, mixed down to mono).
 
         `max_decoded_bytes` bounds the decoded float32 size before anything is decoded, so a
-        small, highly compressed file cannot expand into gigabytes.
+        small, highly compressed file cannot expand into gigabytes. With `lazy`, a 16-bit mono
+        FLAC is checked (its header, and that its last frame decodes) but its samples are
+        decoded only when first read.
         """
         empty_rate = _empty_flac_rate(data)
         if empty_rate:
             return cls(np.zeros(0, dtype=np.float32), empty_rate)
-        try:
-            info = sf.info(io.BytesIO(data))
-        except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-            raise AudioError(f"not a readable WAV or FLAC file ({exc})") from None
-        if info.format not in ("WAV", "FLAC", "WAVEX"):
-            raise AudioError(f"audio must be WAV or FLAC, got {info.format}")
-        decoded = info.frames * 4
-        if max_decoded_bytes is not None and decoded > max_decoded_bytes:
-            raise AudioError(
-                f"audio decodes to {decoded} bytes, over the limit of {max_decoded_bytes}; "
-                "send shorter audio or raise the limit"
-            )
-        try:
-            samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError) as exc:
-            raise AudioError(f"audio data is corrupt ({exc})") from None
-        keep = info.format == "FLAC" and info.subtype == _SUBTYPE and info.channels == 1
-        return cls(samples, int(rate), source_flac=bytes(data) if keep else None)
+        with _open(data) as reader:
+            decoded = reader.frames * 4
+            if max_decoded_bytes is not None and decoded > max_decoded_bytes:
+                raise AudioError(
+                    f"audio decodes to {decoded} bytes, over the limit of {max_decoded_bytes}; "
+                    "send shorter audio or raise the limit"
+                )
+            flac = reader.format == "FLAC" and reader.subtype == _SUBTYPE and reader.channels == 1
+            try:
+                if flac and lazy and reader.frames > 0:
+                    # A stream cut off or damaged at its end fails on its last sample.
+                    reader.seek(reader.frames - 1)
+                    if reader.read(1, dtype="int16").shape[0] != 1:
+                        raise AudioError("audio data is cut off before its declared length")
+                    return cls(
+                        None,
+                        reader.samplerate,
+                        source_flac=bytes(data),
+                        lazy_frames=reader.frames,
+                    )
+                samples = reader.read(dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise AudioError(f"audio data is corrupt ({exc})") from None
+        return cls(samples, int(reader.samplerate), source_flac=bytes(data) if flac else None)
 
     @classmethod
     def from_torch(cls, tensor: Any, sample_rate: int) -> Audio:

@@ -37,7 +37,7 @@ try:
     import fcntl
 except ImportError:  # not POSIX: runs are not locked against each other there
     fcntl = None  # type: ignore[assignment]
-from .errors import UserError
+from .errors import AudioError, UserError
 from .model import JobHandle, SpeechRequest
 from .scrub import scrub
 
@@ -274,6 +274,18 @@ class JournalDamaged(JournalError):
     """The journal file is not an SQLite database, or has damaged pages."""
 
 
+def read_stored_audio(path: Path) -> Audio:
+    """Audio from the store. Results are stored as received and decoded only here, so a file
+    damaged inside (or since) is found here: deleting it makes the next run generate it again."""
+    try:
+        return Audio.decode(path.read_bytes())
+    except (AudioError, OSError) as exc:
+        raise UserError(
+            f"the stored audio {path} cannot be read ({exc}); delete that file and rerun "
+            "to generate it again"
+        ) from None
+
+
 def journal_error(exc: BaseException, path: Path) -> JournalError | None:
     """The `JournalError` that `exc` (raised while using the journal at `path`) means for a
     user, or None when it is not one the user can act on (a bug stays a bug)."""
@@ -355,6 +367,10 @@ class _Guarded:
 
     def close(self) -> None:
         self._db.close()
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._db.in_transaction
 
     def __enter__(self) -> _Guarded:
         self._db.__enter__()
@@ -450,12 +466,23 @@ class Journal:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One commit for the writes inside (a nested use joins the outer one): the connection
+        autocommits otherwise, and a job's results and its end are one fact."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN")
+        with self.db:  # commits, or rolls back on an error
+            yield
+
     # --- requests and results -------------------------------------------------------------
 
     def record_requests(self, requests: Iterable[SpeechRequest]) -> None:
         now = time.time()
         rows = [(r.id, r.text, r.speaker, len(r.text), now) for r in requests]
-        with self.db:
+        with self.transaction():
             self.db.executemany("INSERT OR IGNORE INTO requests VALUES (?, ?, ?, ?, ?)", rows)
 
     def cached(self, request_ids: Sequence[str], quality: str) -> dict[str, StoredResult]:
@@ -479,7 +506,7 @@ class Journal:
         return self.audio_dir / sha[:2] / f"{sha}.flac"
 
     def load_audio(self, stored: StoredResult) -> Audio:
-        return Audio.decode(self.audio_path(stored.audio_sha256).read_bytes())
+        return read_stored_audio(self.audio_path(stored.audio_sha256))
 
     def put_audio(self, audio: Audio) -> str:
         """Store audio by content (temp name, then rename); returns its SHA-256. Touches no
@@ -511,13 +538,15 @@ class Journal:
         duration_ms: int,
     ) -> StoredResult:
         """The row that points to stored audio; the first result kept wins."""
-        with self.db:
+        with self.transaction():
             # A later duplicate (a re-attached job finishing after a resubmission) must not
             # change audio that may already have been used.
-            self.db.execute(
+            cursor = self.db.execute(
                 "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (request_id, quality, target, job_key, sha, duration_ms, time.time()),
             )
+        if cursor.rowcount == 1:
+            return StoredResult(request_id, quality, target, sha, duration_ms)
         row = self.db.execute(
             "SELECT request_id, quality, target, audio_sha256, duration_ms FROM results "
             "WHERE request_id = ? AND quality = ?",
@@ -539,7 +568,7 @@ class Journal:
     ) -> int:
         """Record a job about to be submitted; returns its key."""
         now = time.time()
-        with self.db:
+        with self.transaction():
             cursor = self.db.execute(
                 "INSERT INTO jobs (run_id, target, quality, request_ids, state, estimated_usd, "
                 "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -562,7 +591,7 @@ class Journal:
         return key
 
     def job_submitted(self, key: int, handle: JobHandle) -> None:
-        with self.db:
+        with self.transaction():
             self.db.execute(
                 "UPDATE jobs SET state = ?, job_id = ?, handle = ?, updated_at = ? WHERE key = ?",
                 (SUBMITTED, handle.job_id, _handle_json(handle), time.time(), key),
@@ -578,7 +607,7 @@ class Journal:
         queue_ms: int | None = None,
         error: str | None = None,
     ) -> None:
-        with self.db:
+        with self.transaction():
             self.db.execute(
                 "UPDATE jobs SET state = ?, actual_usd = ?, exec_ms = ?, queue_ms = ?, "
                 "error = ?, updated_at = ? WHERE key = ?",
@@ -615,7 +644,7 @@ class Journal:
 
     def abandon_unsent(self) -> int:
         """Jobs of dead runs that never got a handle: nothing to poll, mark them abandoned."""
-        with self.db:
+        with self.transaction():
             cursor = self.db.execute(
                 "UPDATE jobs SET state = ?, error = ?, updated_at = ? "
                 "WHERE state = ? AND run_id != ?",

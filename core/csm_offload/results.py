@@ -27,7 +27,9 @@ async def result_audio(
     else:
         raise ResultUnusable(f"request {result.id} completed without audio")
     try:
-        return Audio.decode(data, limits.max_decoded_audio_bytes)
+        # Lazy: the runner stores the bytes and their length; samples are decoded when the
+        # output is assembled.
+        return Audio.decode(data, limits.max_decoded_audio_bytes, lazy=True)
     except AudioError as exc:
         raise ResultUnusable(f"request {result.id} returned unreadable audio: {exc}") from None
 

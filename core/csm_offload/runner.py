@@ -122,7 +122,7 @@ class Outcome:
     @property
     def audio(self) -> Audio | None:
         """The audio, read from the journal's content-addressed store."""
-        return None if self.path is None else Audio.decode(self.path.read_bytes())
+        return None if self.path is None else jr.read_stored_audio(self.path)
 
 
 @attrs.define
@@ -748,15 +748,9 @@ class Runner:
             # batch's retry count and the breaker still bound how often).
             message = f"job {status.state.value}: {status.error or 'no detail'}"
             raise _Attempt(message)
-        done, failed = await self._store(choice, key, status, part, also)
-        self.journal.job_finished(
-            key,
-            jr.COMPLETED,
-            actual_usd=actual,
-            exec_ms=status.exec_ms,
-            queue_ms=status.queue_ms,
-            error="; ".join(failed.values()) or None,
-        )
+        kept, failed = await self._keep(choice, status, part, also)
+        error = "; ".join(failed.values()) or None
+        done = self._commit(choice, key, status, actual, kept, jr.COMPLETED, error, part)
         batch.requests = [r for r in batch.requests if r.id not in done]
         split: set[str] = set()
         for request_id, error in failed.items():
@@ -788,17 +782,17 @@ class Runner:
         attempt = batch.failures[choice.target.name]
         return retry_delay(attempt, None, self.settings.retry, self.rng)
 
-    async def _store(
+    async def _keep(
         self,
         choice: Choice,
-        key: int,
         status: JobStatus,
         part: list[SpeechRequest],
         also: frozenset[str] = frozenset(),
-    ) -> tuple[set[str], dict[str, str]]:
-        """Decode and journal the good results; return the ids stored and the ids that failed.
-        Results for the ids in `also` (paid for, but not asked for by this run) are journaled
-        too, for the run that asks for them."""
+    ) -> tuple[list[tuple[Any, str, int]], dict[str, str]]:
+        """Decode the good results and put their audio in the store; return (result, sha,
+        duration in ms) for each, and why each wanted id failed. Results for the ids in `also`
+        (paid for, but not asked for by this run) are kept too, for the run that asks for them.
+        """
         wanted = {r.id for r in part}
         by_id = {r.id: r for r in status.results if r.id in wanted}
         failed = {rid: "the job returned no result for it" for rid in wanted - set(by_id)}
@@ -808,31 +802,53 @@ class Runner:
         good = [r for r in status.results if r.id in by_id and r.error is None]
         extra = [r for r in status.results if r.id in also - wanted and r.error is None]
         if not good:
-            return set(), failed
+            return [], failed
         audios, broken = await self._decode(choice, status, good + extra)
         failed.update({rid: why for rid, why in broken.items() if rid in wanted})
         keep = [(r, a) for r, a in zip(good + extra, audios, strict=True) if a is not None]
-        if not keep:
-            return set(), failed
-        good_extra = [r for r, _a in keep]
-        audios = [a for _r, a in keep]
-        # Encoding and hashing run in worker threads (libsndfile releases the GIL); the rows
-        # are written here, on the loop's thread, which owns the database connection.
-        shas = await asyncio.gather(
-            *(asyncio.to_thread(self.journal.put_audio, audio) for audio in audios)
-        )
-        done = set()
-        for result, audio, sha in zip(good_extra, audios, shas, strict=True):
-            stored = self.journal.record_result(
-                result.id, choice.quality, choice.target.name, key, sha, audio.duration_ms
+        # Hashing and writing run in a worker thread; the rows are written by the caller, on
+        # the loop's thread, which owns the database connection.
+        shas = await asyncio.to_thread(lambda: [self.journal.put_audio(a) for _r, a in keep])
+        return [(r, sha, a.duration_ms) for (r, a), sha in zip(keep, shas, strict=True)], failed
+
+    def _commit(
+        self,
+        choice: Choice,
+        key: int,
+        status: JobStatus,
+        actual: float | None,
+        kept: list[tuple[Any, str, int]],
+        state: str,
+        error: str | None,
+        part: list[SpeechRequest],
+    ) -> set[str]:
+        """Journal a job's results and its end in one commit, then tell the run about the
+        results (only once they are durable); returns the ids of `part` that are done."""
+        with self.journal.transaction():
+            rows = [
+                self.journal.record_result(
+                    result.id, choice.quality, choice.target.name, key, sha, duration_ms
+                )
+                for result, sha, duration_ms in kept
+            ]
+            self.journal.job_finished(
+                key,
+                state,
+                actual_usd=actual,
+                exec_ms=status.exec_ms,
+                queue_ms=status.queue_ms,
+                error=error,
             )
-            if result.id not in wanted:
+        wanted = {r.id for r in part}
+        done = set()
+        for row in rows:
+            if row.request_id not in wanted:
                 continue
-            path = self.journal.audio_path(stored.audio_sha256)
-            self._succeed(Outcome(result.id, path, choice.target.name, choice.quality))
-            done.add(result.id)
-            self._emit("completed", result.id, choice.target.name)
-        return done, failed
+            path = self.journal.audio_path(row.audio_sha256)
+            self._succeed(Outcome(row.request_id, path, choice.target.name, choice.quality))
+            done.add(row.request_id)
+            self._emit("completed", row.request_id, choice.target.name)
+        return done
 
     async def _decode(
         self, choice: Choice, status: JobStatus, results: list[Any]
@@ -916,21 +932,13 @@ class Runner:
     ) -> None:
         actual = self._actual_cost(choice, status)
         self.budget.settle(choice.target.name, hold, actual, status.state is JobState.COMPLETED)
-        done: set[str] = set()
+        kept: list[tuple[Any, str, int]] = []
         if status.state is JobState.COMPLETED:
-            done, _failed = await self._store(
-                choice, key, status, part, frozenset(handle.request_ids)
-            )
-        state = jr.COMPLETED if done else jr.FAILED
-        error = None if done else (status.error or status.state.value)
-        self.journal.job_finished(
-            key,
-            state,
-            actual_usd=actual,
-            exec_ms=status.exec_ms,
-            queue_ms=status.queue_ms,
-            error=error,
-        )
+            kept, _failed = await self._keep(choice, status, part, frozenset(handle.request_ids))
+        wanted = {r.id for r in part}
+        state = jr.COMPLETED if any(r.id in wanted for r, _sha, _ms in kept) else jr.FAILED
+        error = None if state == jr.COMPLETED else (status.error or status.state.value)
+        done = self._commit(choice, key, status, actual, kept, state, error, part)
         self._emit("late-result", part[0].id, choice.target.name, f"{len(done)} kept")
 
     async def _stop_orphans(self) -> None:
@@ -1071,13 +1079,7 @@ def _journaled(handle: JobHandle) -> JobHandle:
 
 
 def _sane(audio: object) -> bool:
-    return (
-        isinstance(audio, Audio)
-        and audio.frames > 0
-        and bool(
-            math.isfinite(float(audio.samples.max())) and math.isfinite(float(audio.samples.min()))
-        )
-    )
+    return isinstance(audio, Audio) and audio.frames > 0 and audio.is_finite()
 
 
 def _describe(exc: BaseException) -> str:

@@ -28,7 +28,7 @@ from rich.progress import Progress as Bar
 
 from ..audio import CHUNK_PAUSE_S, AudioFormat
 from ..chunking import chunk_text
-from ..errors import AudioError, BudgetExceeded, ProviderError, UserError
+from ..errors import BudgetExceeded, ProviderError, UserError
 from ..manager import CloudGPUManager
 from ..model import SpeechRequest
 from ..output import (
@@ -348,14 +348,7 @@ def _write_output(
     temporary names until both are complete: a failure leaves neither half-written."""
     with AudioWriter(path, fmt, CHUNK_PAUSE_S) as audio:
         for request in requests:
-            outcome = result.outcomes[request.id]
-            try:
-                segment = outcome.audio
-            except (AudioError, OSError) as exc:
-                raise UserError(
-                    f"the stored audio of a segment ({outcome.path}) cannot be read ({exc}); "
-                    "delete that file and rerun to make it again"
-                ) from None
+            segment = result.outcomes[request.id].audio  # a damaged file: a UserError
             if segment is not None:
                 audio.add(segment)
         audio.close()
