@@ -16,6 +16,7 @@ from .. import scrub
 from ..errors import CsmOffloadError
 from .app import App, pass_app
 from .costs import costs_command
+from .doctor import doctor_command
 from .estimate import estimate_command
 from .info import config_group, plugins_command, providers_command
 from .synth import synth_command
@@ -47,6 +48,7 @@ cli.add_command(config_group)
 cli.add_command(synth_command)
 cli.add_command(estimate_command)
 cli.add_command(costs_command)
+cli.add_command(doctor_command)
 
 
 def _register_plugin_commands(app: App) -> None:

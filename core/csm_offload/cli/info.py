@@ -61,7 +61,7 @@ HEALTH_BUDGET_S = 10.0
 _STATE_STYLE = {"usable": "green", "unhealthy": "yellow", "unusable": "red"}
 
 
-async def _check_health(checks: list[TargetCheck]) -> dict[str, Health]:
+async def check_health(checks: list[TargetCheck]) -> dict[str, Health]:
     """Each usable target's health, asked concurrently within `HEALTH_BUDGET_S` in all."""
     pairs = [(c.target, c.provider) for c in checks if c.target is not None and c.provider]
     cache = HealthCache()
@@ -102,7 +102,7 @@ def providers_command(app: App, as_json: bool, offline: bool) -> None:
 
     Health is asked of every usable target at once (at most 10 s in all) unless --offline."""
     checks = app.target_checks()
-    healths = {} if offline else asyncio.run(_check_health(checks))
+    healths = {} if offline else asyncio.run(check_health(checks))
     rows = []
     for c in checks:
         state, reason = _state(c, healths.get(c.name), offline)
