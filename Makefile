@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
-LIGHT_PLUGINS := -e plugins/runpod -e plugins/thunder -e plugins/modal -e plugins/espeak
+LIGHT_PLUGINS := -e plugins/runpod -e plugins/thunder -e plugins/modal -e plugins/espeak -e plugins/replicate
 # torchaudio's PyPI wheels need the torch build they were made with: pin both.
 TORCH := torch==2.11.0 torchaudio==2.11.0
 # The worker image's pins constrain the test install, so the tests run what the image ships

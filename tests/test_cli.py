@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-KINDS = {"runpod", "thunder", "modal", "local_csm", "espeak"}
+KINDS = {"runpod", "thunder", "modal", "local_csm", "espeak", "replicate"}
 
 
 def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ from csm_offload.plugins import Plugins, load_plugins
 from .conftest import registered
 from .fake_provider import FakeProvider
 
-KINDS = {"runpod", "thunder", "modal", "local_csm", "espeak"}
+KINDS = {"runpod", "thunder", "modal", "local_csm", "espeak", "replicate"}
 
 
 def test_throwaway_plugin_is_registered_then_unregistered(plugins: Plugins) -> None:
