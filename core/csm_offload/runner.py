@@ -103,6 +103,10 @@ class Progress:
     detail: str = ""
 
 
+#: Audio up to this size is hashed and stored on the loop's thread (see `Runner._keep`).
+_INLINE_STORE_BYTES = 512 * 1024
+
+
 @attrs.define
 class Outcome:
     """What became of one request. The audio stays in the journal's store until asked for,
@@ -806,9 +810,15 @@ class Runner:
         audios, broken = await self._decode(choice, status, good + extra)
         failed.update({rid: why for rid, why in broken.items() if rid in wanted})
         keep = [(r, a) for r, a in zip(good + extra, audios, strict=True) if a is not None]
-        # Hashing and writing run in a worker thread; the rows are written by the caller, on
-        # the loop's thread, which owns the database connection.
-        shas = await asyncio.to_thread(lambda: [self.journal.put_audio(a) for _r, a in keep])
+
+        # The rows are written by the caller, on the loop's thread, which owns the database
+        # connection. Hashing and writing a few hundred KB takes less than handing them to a
+        # worker thread; more would hold up the loop, so it goes to a thread.
+        def put_all() -> list[str]:
+            return [self.journal.put_audio(a) for _r, a in keep]
+
+        size = sum(len(a.source_flac or b"") or 2 * a.frames for _r, a in keep)
+        shas = put_all() if size <= _INLINE_STORE_BYTES else await asyncio.to_thread(put_all)
         return [(r, sha, a.duration_ms) for (r, a), sha in zip(keep, shas, strict=True)], failed
 
     def _commit(
