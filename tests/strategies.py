@@ -117,6 +117,7 @@ healths = st.builds(
     queue_depth=st.none() | st.integers(0, 10**6),
     workers=st.none() | st.integers(0, 10**4),
     checked_at=finite,
+    capacity=st.none() | st.integers(1, 10**4),
 )
 
 #: (strategy, type) for every wire type, for the round-trip property.

@@ -24,10 +24,14 @@ MIN_HEADROOM = 2
 
 def in_flight_for(target: Target, health: Health | None) -> int:
     """The cap for `target` given its latest health answer."""
-    if not target.adaptive_in_flight or health is None or not health.workers:
+    if not target.adaptive_in_flight or health is None:
         return target.max_in_flight
-    workers = health.workers
-    return max(target.max_in_flight, workers + max(MIN_HEADROOM, workers // 2))
+    cap = target.max_in_flight
+    if health.workers:
+        cap = max(cap, health.workers + max(MIN_HEADROOM, health.workers // 2))
+    if health.capacity:
+        cap = min(cap, health.capacity)  # more would only be answered 429
+    return cap
 
 
 class Capacity:

@@ -223,3 +223,6 @@ class Health:
     queue_depth: int | None = None
     workers: int | None = None
     checked_at: float = attrs.field(factory=time.time)
+    #: The most jobs the endpoint holds at once, running and queued (a worker server's
+    #: `1 + max_queue`); one more is answered 429. None: no bound is known.
+    capacity: int | None = None

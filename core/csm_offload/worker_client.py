@@ -11,15 +11,14 @@ core's typed errors so the runner can decide.
 
 from __future__ import annotations
 
-import json
+import urllib.parse
 from typing import Any
 
 import attrs
 import httpx
 
 from . import httpapi, wire
-from .backoff import parse_retry_after
-from .errors import JobLost, RateLimited, Rejected, TransientError, Unavailable, WireError
+from .errors import JobLost, ProviderError, TransientError, Unavailable, WireError
 from .model import BatchRequest, BatchResponse, JobState, WorkerInfo
 from .secret import Secret
 from .wire import DEFAULT_LIMITS, WireLimits
@@ -65,11 +64,13 @@ class WorkerClient:
         base_url: str,
         token: Secret | None = None,
         limits: WireLimits = DEFAULT_LIMITS,
+        target: str | None = None,
     ) -> None:
         self.http = http
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.limits = limits
+        self.target = target
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -79,7 +80,7 @@ class WorkerClient:
 
     async def submit(self, batch: BatchRequest) -> WorkerJob:
         body = wire.dumps(batch)
-        response = await self._send("POST", "/v1/jobs", content=body)
+        response = await self._send("POST", "/v1/jobs", self._not_a_worker(), content=body)
         return self._parse(response, WorkerJob)
 
     async def job(self, job_id: str, wait: float | None = None) -> WorkerJob:
@@ -87,20 +88,39 @@ class WorkerClient:
         params = {"wait": f"{wait:g}"} if wait else None
         timeout = None if not wait else wait + _WAIT_SLACK_S
         response = await self._send(
-            "GET", f"/v1/jobs/{job_id}", params=params, http_timeout=timeout
+            "GET", _job_path(job_id), self._lost(job_id), params=params, http_timeout=timeout
         )
         return self._parse(response, WorkerJob)
 
     async def cancel(self, job_id: str) -> WorkerJob:
-        response = await self._send("DELETE", f"/v1/jobs/{job_id}")
+        response = await self._send("DELETE", _job_path(job_id), self._lost(job_id))
         return self._parse(response, WorkerJob)
 
     async def health(self) -> WorkerHealth:
-        response = await self._send("GET", "/healthz")
+        response = await self._send("GET", "/healthz", self._not_a_worker())
         return self._parse(response, WorkerHealth)
 
+    def _lost(self, job_id: str) -> JobLost:
+        return JobLost(
+            f"the worker at {self.base_url} does not know job {job_id[:40]} (it restarted, or "
+            "the result outlived its --result-ttl)",
+            target=self.target,
+        )
+
+    def _not_a_worker(self) -> Unavailable:
+        return Unavailable(
+            f"{self.base_url} answers 404 where a worker server has its routes: is it "
+            "`csm-offload serve`? check the target's URL",
+            target=self.target,
+        )
+
     async def _send(
-        self, method: str, path: str, http_timeout: float | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        not_found: ProviderError,
+        http_timeout: float | None = None,
+        **kwargs: Any,
     ) -> httpapi.Answer:
         total = httpapi.DEFAULT_TOTAL_S if http_timeout is None else http_timeout
         answer = await httpapi.send(
@@ -108,45 +128,37 @@ class WorkerClient:
             method,
             self.base_url + path,
             what=f"worker at {self.base_url}",
+            target=self.target,
             headers=self._headers(),
             total_s=total,
             max_bytes=self.limits.max_body_bytes,
             http_timeout=None if http_timeout is None else httpx.Timeout(10.0, read=total),
             **kwargs,
         )
-        _raise_for_status(answer, self.base_url)
+        error = httpapi.error_for_status(
+            answer.status,
+            answer.headers,
+            answer.body,
+            f"worker at {self.base_url}",
+            self.target,
+            not_found=not_found,
+            reason=answer.reason,
+        )
+        if error is not None and answer.status in (401, 403):
+            raise Unavailable(f"{error} (check the worker token)", target=self.target)
+        if error is not None:
+            raise error
         return answer
 
     def _parse(self, answer: httpapi.Answer, cls: type) -> Any:
         try:
             return wire.loads(answer.body, cls, self.limits)
         except WireError as exc:
-            raise TransientError(f"worker sent a malformed answer: {exc}") from None
+            raise TransientError(
+                f"worker at {self.base_url} sent a malformed answer: {exc}", target=self.target
+            ) from None
 
 
-def _error_text(answer: httpapi.Answer) -> str:
-    try:
-        data = json.loads(answer.body)
-    except ValueError:
-        return f"HTTP {answer.status}"
-    message = data.get("error") if isinstance(data, dict) else None
-    return httpapi.snippet(str(message)) if message else f"HTTP {answer.status}"
-
-
-def _raise_for_status(answer: httpapi.Answer, where: str) -> None:
-    status = answer.status
-    if status < 300:
-        return
-    text = f"worker at {where}: {_error_text(answer)}"
-    retry_after = parse_retry_after(answer.headers.get("retry-after"))
-    if status in (401, 403):
-        raise Unavailable(f"{text} (check the worker token)")
-    if status == 404:
-        raise JobLost(text)
-    if status == 429:
-        raise RateLimited(text, retry_after=retry_after)  # its queue is full: back-pressure
-    if status >= 500 or status == 408:
-        raise TransientError(text, retry_after=retry_after)
-    if status >= 400:
-        raise Rejected(text)
-    raise Unavailable(f"{text} (a redirect, not followed: the token stays on its own host)")
+def _job_path(job_id: str) -> str:
+    # An id is the server's, but it travels through a journal: it never reshapes the path.
+    return f"/v1/jobs/{urllib.parse.quote(job_id, safe='')}"
