@@ -1,0 +1,1 @@
+"""Tests of the audio half of the audiobook pipeline: room tone, chapter assembly, encoding."""
