@@ -25,10 +25,11 @@ install-all: $(BIN)/python
 	$(PIP) install --quiet $(TORCH)
 	$(PIP) install --quiet -c $(WORKER_PINS) -e '.[test]' $(LIGHT_PLUGINS) -e plugins/local_csm -e examples/provider_acme -r tests/requirements.txt
 
-# README command one: speak the example text with whatever target is usable (on a fresh machine
-# with no keys and no GPU that is the free eSpeak draft voice) and say which target made it, why.
+# README command one: the example book (three chapters of Markdown) into an M4B with chapter
+# marks, with whatever target is usable (on a fresh machine with no keys and no GPU that is the
+# free eSpeak draft voice), saying which target made it and why, and where the files are.
 demo: install-light
-	$(BIN)/csm-offload synth examples/welcome.txt -o welcome.wav
+	$(BIN)/csm-offload book examples/lighthouse.md -o audiobook --format m4b
 
 test: install-all
 	$(BIN)/python -m pytest -q

@@ -1,5 +1,5 @@
 """README command one on a fresh machine: a clean copy of the repo, a new virtual environment
-with the core and the light plugins (no torch), and `csm-offload synth` on the example text.
+with the core and the light plugins (no torch), and `make demo`: the example book into an M4B.
 
 The copy leaves out everything a clone would not have (virtual environments, build outputs,
 caches, journals), so the test sees what a newcomer sees. Installing needs the package index
@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from csm_offload import CSM_SAMPLE_RATE, Audio
+from csm_offload.book.encode import read_tags
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_IN_A_CLONE = shutil.ignore_patterns(
@@ -37,6 +38,8 @@ NOT_IN_A_CLONE = shutil.ignore_patterns(
     "*.flac",
     "*.wav.json",
     "*.partial",
+    "audiobook",
+    "audiobooks",
 )
 INSTALL_TIMEOUT_S = 540
 SYNTH_TIMEOUT_S = 120
@@ -78,7 +81,7 @@ def _base_python() -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(INSTALL_TIMEOUT_S + SYNTH_TIMEOUT_S + 60)
-def test_readme_command_one_speaks_the_example_with_the_draft_voice(tmp_path: Path) -> None:
+def test_readme_command_one_makes_the_example_book_with_the_draft_voice(tmp_path: Path) -> None:
     repo = tmp_path / "csm-offload"
     shutil.copytree(ROOT, repo, ignore=NOT_IN_A_CLONE)
     python = _base_python()
@@ -89,19 +92,24 @@ def test_readme_command_one_speaks_the_example_with_the_draft_voice(tmp_path: Pa
     )
     assert no_torch.returncode != 0, "the light install must not pull in torch"
 
-    done = _run(
-        [str(venv / "csm-offload"), "synth", "examples/welcome.txt", "-o", "welcome.wav"],
-        repo,
-        SYNTH_TIMEOUT_S,
-    )
-    assert "welcome.wav" in done.stdout
+    done = _run(["make", "demo", f"PYTHON={python}"], repo, SYNTH_TIMEOUT_S + INSTALL_TIMEOUT_S)
+    m4b = repo / "audiobook" / "The Keeper of Gull Point.m4b"
+    assert str(m4b.relative_to(repo)) in done.stdout  # where the files are
     assert "made by espeak" in done.stdout  # which target made it
     assert "draft" in done.stdout  # and why: no CSM-quality target is usable
 
-    audio = Audio.decode((repo / "welcome.wav").read_bytes())
+    tags = read_tags(m4b)
+    assert [c.title for c in tags.chapters] == [
+        "Chapter 1: The Storm",
+        "Chapter 2: The Boat",
+        "Chapter 3: The Morning",
+    ]
+    assert tags.tags["title"] == "The Keeper of Gull Point"
+    chapters = sorted((repo / "audiobook" / "chapters").glob("*.flac"))
+    assert len(chapters) == 3
+    audio = Audio.decode(chapters[0].read_bytes())
     assert audio.sample_rate == CSM_SAMPLE_RATE
-    assert 20 < audio.duration < 60
-    assert audio.rms() > 0.03
-    sidecar = json.loads((repo / "welcome.wav.json").read_text("utf-8"))
-    assert sidecar["quality"] == "draft"
-    assert set(sidecar["targets"]) == {"espeak"}
+    assert 20 < audio.duration < 120
+    assert audio.rms() > 0.02
+    report = json.loads((repo / "audiobook" / "report.json").read_text("utf-8"))
+    assert [c["number"] for c in report["chapters"]] == [1, 2, 3]

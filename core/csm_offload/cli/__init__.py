@@ -15,6 +15,7 @@ import click
 from .. import scrub
 from ..errors import CsmOffloadError
 from .app import App, pass_app
+from .book import book_command
 from .costs import costs_command
 from .doctor import doctor_command
 from .estimate import estimate_command
@@ -49,6 +50,7 @@ cli.add_command(synth_command)
 cli.add_command(estimate_command)
 cli.add_command(costs_command)
 cli.add_command(doctor_command)
+cli.add_command(book_command)
 
 
 def _register_plugin_commands(app: App) -> None:

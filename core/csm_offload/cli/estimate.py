@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -36,27 +37,16 @@ def _already_done(path: Path, requests: list[SpeechRequest], quality: str) -> se
         return set(journal.cached([r.id for r in requests], quality))
 
 
-async def _check_health(manager: CloudGPUManager) -> None:
+async def ask_health(manager: CloudGPUManager) -> None:
     """Ask every target once (health checks are free) so that only usable ones are priced."""
     async with http_client() as http:
         await manager.router.health.refresh(manager.router.pairs(), http, timeout_s=10.0)
 
 
-@click.command(name="estimate")
-@click.argument("source")
-@click.option("--speaker", type=click.IntRange(0, 1_000), default=0)
-@click.option("--max-chars", type=click.IntRange(20, 100_000), default=None)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@pass_app
-def estimate_command(
-    app: App, source: str, speaker: int, max_chars: int | None, as_json: bool
-) -> None:
-    """Cost of speaking SOURCE (text or a file) on every usable target; no work is sent."""
-    manager = CloudGPUManager(config=app.config, plugins=app.plugins)
-    requests = make_requests(manager, read_text(source), speaker, max_chars)
-    unique = list({r.id: r for r in requests}.values())
-    asyncio.run(_check_health(manager))
-    rows = []
+def price_rows(manager: CloudGPUManager, unique: list[SpeechRequest]) -> list[dict[str, Any]]:
+    """What `unique` would cost on each target (asked for health already); segments in the
+    journal are free, unusable targets are listed with the reason."""
+    rows: list[dict[str, Any]] = []
     for check in manager.checks:
         health = manager.router.health.get(check.name)
         reason = check.reason
@@ -93,10 +83,11 @@ def estimate_command(
                 "prices_dated": info.prices.date,
             }
         )
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    table = Table(title=f"{len(unique)} segments, {sum(len(r.text) for r in unique)} characters")
+    return rows
+
+
+def print_price_table(rows: list[dict[str, Any]], title: str) -> None:
+    table = Table(title=title)
     # The basis shown is one job's (the last): the USD and GPU seconds are the sum of all jobs.
     columns = ("target", "where", "quality", "jobs", "from journal", "GPU s", "USD")
     for column in (*columns, "basis (last job)"):
@@ -120,3 +111,25 @@ def estimate_command(
     for row in rows:
         if row.get("not_included"):
             console.print(f"not included in {row['target']}'s estimate: {row['not_included']}")
+
+
+@click.command(name="estimate")
+@click.argument("source")
+@click.option("--speaker", type=click.IntRange(0, 1_000), default=0)
+@click.option("--max-chars", type=click.IntRange(20, 100_000), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def estimate_command(
+    app: App, source: str, speaker: int, max_chars: int | None, as_json: bool
+) -> None:
+    """Cost of speaking SOURCE (text or a file) on every usable target; no work is sent."""
+    manager = CloudGPUManager(config=app.config, plugins=app.plugins)
+    requests = make_requests(manager, read_text(source), speaker, max_chars)
+    unique = list({r.id: r for r in requests}.values())
+    asyncio.run(ask_health(manager))
+    rows = price_rows(manager, unique)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    characters = sum(len(r.text) for r in unique)
+    print_price_table(rows, f"{len(unique)} segments, {characters} characters")

@@ -211,7 +211,7 @@ def _sidecar(
 class ProgressBar:
     """A rich progress bar fed by the runner's progress events."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    def __init__(self, total: int, enabled: bool, label: str = "synth") -> None:
         self.bar = Bar(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -225,10 +225,11 @@ class ProgressBar:
             console=Console(stderr=True),
             disable=not enabled,
         )
-        self.task = self.bar.add_task("synth", total=total, cost="$0.0000", note="")
+        self.task = self.bar.add_task(label, total=total, cost="$0.0000", note="")
+        self.note = ""
 
     def __call__(self, event: Progress) -> None:
-        note = f"{event.failed} failed" if event.failed else ""
+        note = f"{event.failed} failed" if event.failed else self.note
         if event.event == "reattached":
             note = "re-attached a job left in flight"
         self.bar.update(

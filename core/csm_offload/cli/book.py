@@ -1,0 +1,468 @@
+"""`csm-offload book`: sources in, chapters of narrated audio out (docs/book.md).
+
+Every chunk of every selected chapter goes through one run of the router and runner, so
+hundreds are in flight at once; each chapter's FLAC is written as its chunks arrive in order
+and committed the moment its last one is in. The journal makes a rerun free for what is done
+(a killed run resumes where it stopped) and `--redo` regenerates exactly what it names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import click
+
+from .. import scrub
+from ..book import Book, read_book, read_url_groups
+from ..book.assemble import ChapterAssembler, check_output_dir
+from ..book.encode import ChapterFile, encode_m4b, encode_mp3
+from ..book.metadata import BookInfo, Cover
+from ..book.project import (
+    chapter_stem,
+    load_book,
+    load_takes,
+    remove_stale_temps,
+    safe_name,
+    save_book,
+    write_report,
+)
+from ..book.script import (
+    SECONDS_PER_CHAR,
+    ScriptChapter,
+    apply_redo,
+    build_script,
+    parse_chapters,
+    parse_redo,
+)
+from ..book.sources import read_url_table, select_groups
+from ..errors import BudgetExceeded, ProviderError, UserError
+from ..journal import Journal
+from ..manager import CloudGPUManager, http_client
+from ..runner import Progress, RunResult
+from .app import App, pass_app
+from .estimate import ask_health, price_rows, print_price_table
+from .synth import DEFAULT_CHUNK_CHARS, ProgressBar, route_options
+
+FORMATS = ("flac", "mp3", "m4b")
+
+
+@attrs.define
+class Volume:
+    """One book of this run: where it goes, what it says, what this run makes of it."""
+
+    folder: Path
+    book: Book
+    script: list[ScriptChapter] = attrs.field(factory=list)
+    takes: dict[str, int] = attrs.field(factory=dict)
+    redone: list[str] = attrs.field(factory=list)
+    chapters_written: dict[int, Path] = attrs.field(factory=dict)
+    outputs: list[str] = attrs.field(factory=list)
+    notes: list[str] = attrs.field(factory=list)
+
+    @property
+    def requests(self) -> list[Any]:
+        return [chunk.request for chapter in self.script for chunk in chapter.chunks]
+
+
+@click.command(name="book")
+@click.argument("sources", nargs=-1)
+@click.option("-o", "--output", default="audiobooks", show_default=True, help="Output folder.")
+@click.option("--urls", type=click.Path(dir_okay=False), help="A urls.csv (url,group[,title]).")
+@click.option("--groups", help="With --urls: the groups to make, comma-separated (default all).")
+@click.option("--chapters", "chapter_spec", help="Chapters to make, e.g. 1-3,7 (default all).")
+@click.option("--redo", multiple=True, help="Regenerate chapter N or chunk N.M (repeatable).")
+@click.option(
+    "--format",
+    "formats",
+    type=click.Choice(FORMATS),
+    multiple=True,
+    help="Besides one FLAC per chapter: mp3 (per chapter) and/or m4b (the book).",
+)
+@click.option("--speaker", type=click.IntRange(0, 1_000), default=0, show_default=True)
+@click.option("--max-chars", type=click.IntRange(20, 100_000), default=None)
+@click.option("--cloud-gpu", is_flag=True, help="Remote GPU targets only.")
+@click.option("--local-audio", is_flag=True, help="Local targets only.")
+@click.option("--draft", is_flag=True, help="The free draft voice (eSpeak NG).")
+@click.option("--audio-only", is_flag=True, help="Reuse the text extracted before; fetch nothing.")
+@click.option("--dry-run", is_flag=True, help="Chapters, chunks and prices; pay nothing.")
+@click.option("--max-usd", type=float, default=None, help="Spend at most this much on this run.")
+@click.option("--title", help="The book's title (default: from the source).")
+@click.option("--author", help="The book's author (default: from the source).")
+@click.option("--cover", type=click.Path(dir_okay=False), help="A JPEG or PNG cover.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@pass_app
+def book_command(app: App, **opts: Any) -> None:
+    """Turn SOURCES (.txt .md .epub .pdf .html files, URLs) or --urls CSV groups into
+    audiobooks: one FLAC per chapter, and MP3 or M4B with --format."""
+    _check_flags(opts)
+    out = Path(opts["output"])
+    check_output_dir(out)
+    volumes = _volumes(opts, out)
+    options = route_options(opts["cloud_gpu"], opts["local_audio"], opts["draft"])
+    with CloudGPUManager(
+        config=app.config, plugins=app.plugins, options=options, max_usd=opts["max_usd"]
+    ) as manager:
+        budget = min(manager.text_limit(), opts["max_chars"] or DEFAULT_CHUNK_CHARS)
+        for volume in volumes:
+            _plan(volume, opts, budget)
+        if opts["dry_run"]:
+            _dry_run(manager, volumes, opts["as_json"])
+            return
+        for volume in volumes:
+            remove_stale_temps(volume.folder)
+            save_book(volume.folder, volume.book, volume.takes)
+        result = _generate(manager, volumes, quiet=opts["quiet"])
+    for volume in volumes:
+        _encode(volume, opts["formats"], quiet=opts["quiet"])
+    _finish(volumes, result, opts["as_json"])
+
+
+def _check_flags(opts: dict[str, Any]) -> None:
+    if opts["urls"] and opts["sources"]:
+        raise UserError("give SOURCES or --urls, not both")
+    if not opts["urls"] and not opts["sources"] and not opts["audio_only"]:
+        raise UserError("give the book's sources (files or URLs), or --urls urls.csv")
+    if opts["groups"] and not opts["urls"]:
+        raise UserError("--groups picks groups of a --urls CSV; give --urls too")
+    if opts["max_usd"] is not None and not opts["max_usd"] > 0:
+        raise UserError(f"--max-usd must be above 0, got {opts['max_usd']}")
+
+
+def _volumes(opts: dict[str, Any], out: Path) -> list[Volume]:
+    """The books of this run, read from their sources (or, with --audio-only, from the text
+    an earlier run extracted)."""
+    groups = [g for g in (opts["groups"] or "").split(",") if g.strip()] or None
+    if opts["urls"]:
+        csv_path = Path(opts["urls"])
+        if opts["audio_only"]:
+            names = select_groups(read_url_table(csv_path), groups, str(csv_path))
+            return [_volume(out / safe_name(g), load_book(out / safe_name(g))) for g in names]
+        books = asyncio.run(_read_groups(csv_path, groups))
+        return [_volume(out / safe_name(b.title), b) for b in books]
+    book = load_book(out) if opts["audio_only"] else asyncio.run(_read(opts["sources"]))
+    book = _overridden(book, opts)
+    return [_volume(out, book)]
+
+
+async def _read(sources: Sequence[str]) -> Book:
+    async with http_client() as http:
+        return await read_book(sources, http)
+
+
+async def _read_groups(csv_path: Path, groups: list[str] | None) -> tuple[Book, ...]:
+    async with http_client() as http:
+        return await read_url_groups(csv_path, groups, http)
+
+
+def _overridden(book: Book, opts: dict[str, Any]) -> Book:
+    changes: dict[str, Any] = {}
+    if opts["title"]:
+        changes["title"] = opts["title"]
+    if opts["author"]:
+        changes["author"] = opts["author"]
+    if opts["cover"]:
+        cover = Cover.from_file(Path(opts["cover"]))
+        changes.update(cover=cover.data, cover_mime=cover.mime)
+    return attrs.evolve(book, **changes)
+
+
+def _volume(folder: Path, book: Book) -> Volume:
+    if not book.chapters:
+        reasons = "; ".join(f"{s.source}: {s.reason}" for s in book.skipped) or "no text found"
+        raise UserError(f"{book.title}: nothing to narrate ({scrub.scrub(reasons)})")
+    check_output_dir(folder)
+    return Volume(folder, book, takes=load_takes(folder))
+
+
+def _plan(volume: Volume, opts: dict[str, Any], budget: int) -> None:
+    numbers = parse_chapters(opts["chapter_spec"], len(volume.book.chapters))
+    script = build_script(volume.book, budget, opts["speaker"], numbers, volume.takes)
+    if opts["redo"]:
+        volume.redone = apply_redo(script, parse_redo(opts["redo"]), volume.takes)
+        script = build_script(volume.book, budget, opts["speaker"], numbers, volume.takes)
+    if not script:
+        raise UserError(f"{volume.book.title}: the selected chapters have nothing to speak")
+    volume.script = script
+
+
+# --- dry run ---------------------------------------------------------------------------------
+
+
+def _dry_run(manager: CloudGPUManager, volumes: list[Volume], as_json: bool) -> None:
+    requests = [r for volume in volumes for r in volume.requests]
+    unique = list({r.id: r for r in requests}.values())
+    asyncio.run(ask_health(manager))
+    prices = price_rows(manager, unique)
+    done = _paid(manager, unique)
+    summary = {"books": [_dry_book(v, done) for v in volumes], "targets": prices}
+    if as_json:
+        click.echo(json.dumps(scrub.scrub_data(summary), indent=2))
+        return
+    for book in summary["books"]:
+        click.echo(f"{book['title']}: {len(book['chapters'])} chapters → {book['folder']}")
+        for chapter in book["chapters"]:
+            click.echo(
+                f"  {chapter['number']:>3}  {chapter['title'][:50]:<50} {chapter['chunks']:>5} "
+                f"chunks {chapter['characters']:>8} chars  ~{_clock(chapter['audio_s'])}"
+                + (f"  ({chapter['paid']} already made)" if chapter["paid"] else "")
+            )
+    characters = sum(len(r.text) for r in unique)
+    print_price_table(prices, f"{len(unique)} chunks, {characters} characters (dry run)")
+    click.echo("dry run: nothing was sent and nothing was written")
+
+
+def _paid(manager: CloudGPUManager, unique: list[Any]) -> set[str]:
+    """Chunks the journal already holds for the quality the plan would use (none when there
+    is no journal yet: a dry run never creates one)."""
+    if not manager.journal_path.is_file():
+        return set()
+    quality = manager.plan(unique[:1]).quality
+    with Journal(manager.journal_path) as journal:
+        return set(journal.cached([r.id for r in unique], quality))
+
+
+def _dry_book(volume: Volume, paid: set[str]) -> dict[str, Any]:
+    return {
+        "title": volume.book.title,
+        "folder": str(volume.folder),
+        "skipped": [{"source": s.source, "reason": s.reason} for s in volume.book.skipped],
+        "chapters": [
+            {
+                "number": c.number,
+                "title": c.title,
+                "chunks": len(c.chunks),
+                "characters": c.characters,
+                "audio_s": round(c.characters * SECONDS_PER_CHAR, 1),
+                "paid": sum(chunk.request.id in paid for chunk in c.chunks),
+            }
+            for c in volume.script
+        ],
+    }
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+# --- generation and assembly -----------------------------------------------------------------
+
+
+class _Assembly:
+    """Feeds the runner's progress events to the chapters' assemblers: a chunk is written as
+    soon as every chunk before it in its chapter is in, and a chapter is committed the moment
+    its last chunk is."""
+
+    def __init__(self, manager: CloudGPUManager, volumes: list[Volume], quality: str) -> None:
+        self.journal = manager.journal
+        self.quality = quality
+        self.where: dict[str, list[tuple[ChapterAssembler, int, Volume, int]]] = {}
+        self.open: list[ChapterAssembler] = []
+        self.error: BaseException | None = None
+        for volume in volumes:
+            for chapter in volume.script:
+                self._open(volume, chapter)
+
+    def _open(self, volume: Volume, chapter: ScriptChapter) -> None:
+        path = volume.folder / "chapters" / f"{chapter_stem(chapter.number, chapter.title)}.flac"
+        ids = [chunk.request.id for chunk in chapter.chunks]
+        assembler = ChapterAssembler(
+            path,
+            lambda index: self._load(ids[index]),
+            [chunk.ends_paragraph for chunk in chapter.chunks],
+            seed=chapter.number,
+        )
+        self.open.append(assembler)
+        for index, request_id in enumerate(ids):
+            self.where.setdefault(request_id, []).append((assembler, index, volume, chapter.number))
+
+    def _load(self, request_id: str) -> Any:
+        stored = self.journal.cached([request_id], self.quality)[request_id]
+        return self.journal.load_audio(stored)
+
+    def __call__(self, event: Progress) -> None:
+        if event.event not in ("completed", "cached") or event.request_id is None:
+            return
+        if self.error is not None:
+            return
+        try:
+            for assembler, index, volume, number in self.where.get(event.request_id, []):
+                assembler.ready(index)
+                if assembler.complete:
+                    volume.chapters_written[number] = assembler.commit().path
+        except Exception as exc:  # reported after the run; the runner must not see it
+            self.error = exc
+
+    def abort_unfinished(self) -> None:
+        for assembler in self.open:
+            assembler.abort()
+
+
+def _generate(manager: CloudGPUManager, volumes: list[Volume], quiet: bool) -> RunResult:
+    requests = [r for volume in volumes for r in volume.requests]
+    unique = {r.id: r for r in requests}
+    plan = manager.plan(list(unique.values())[:1])  # fail fast when nothing is usable
+    assembly = _Assembly(manager, volumes, plan.quality)
+    label = volumes[0].book.title[:40] if len(volumes) == 1 else f"{len(volumes)} books"
+    try:
+        with ProgressBar(len(unique), enabled=not quiet, label=label) as bar:
+
+            def progress(event: Progress) -> None:
+                assembly(event)
+                written = sum(len(v.chapters_written) for v in volumes)
+                bar.note = f"{written}/{sum(len(v.script) for v in volumes)} chapters"
+                bar(event)
+
+            result = asyncio.run(manager.synthesize(requests, progress=progress))
+    finally:
+        assembly.abort_unfinished()
+    if assembly.error is not None:
+        raise assembly.error
+    return result
+
+
+# --- encoding and the summary ----------------------------------------------------------------
+
+
+def _encode(volume: Volume, formats: Sequence[str], quiet: bool) -> None:
+    book = volume.book
+    info = BookInfo(
+        title=book.title,
+        author=book.author or "Unknown",
+        language=book.language,
+        cover=_cover(volume) if formats else None,
+    )
+    files = _all_chapter_files(volume)
+    if "mp3" in formats:
+        for number, title, path in files:
+            if number in volume.chapters_written:
+                dest = volume.folder / "mp3" / f"{path.stem}.mp3"
+                encode_mp3(path, dest, book=info, title=title, track=number, tracks=len(files))
+                volume.outputs.append(str(dest))
+    if "m4b" in formats:
+        missing = len(book.chapters) - len(files)
+        if missing:
+            volume.notes.append(f"no M4B yet: {missing} chapters are not made (see --chapters)")
+            return
+        dest = volume.folder / f"{safe_name(book.title)}.m4b"
+        chapters = [ChapterFile(title, path) for _n, title, path in files]
+        encode_m4b(chapters, dest, book=info)
+        volume.outputs.append(str(dest))
+
+
+def _cover(volume: Volume) -> Cover | None:
+    """The book's cover for the tags; MP3 and M4B carry only JPEG or PNG, so another format
+    (an EPUB's GIF or WebP) is left out with a note rather than stopping the book."""
+    if not volume.book.cover:
+        return None
+    try:
+        return Cover.from_bytes(volume.book.cover)
+    except UserError as exc:
+        volume.notes.append(f"cover left out of the tags: {exc}")
+        return None
+
+
+def _all_chapter_files(volume: Volume) -> list[tuple[int, str, Path]]:
+    """Every chapter of the book whose FLAC exists (made now or by an earlier run)."""
+    found = []
+    for number, chapter in enumerate(volume.book.chapters, start=1):
+        path = volume.folder / "chapters" / f"{chapter_stem(number, chapter.title)}.flac"
+        if path.is_file():
+            found.append((number, chapter.title, path))
+    return found
+
+
+def _finish(volumes: list[Volume], result: RunResult, as_json: bool) -> None:
+    reports = [_report(volume, result) for volume in volumes]
+    for volume, report in zip(volumes, reports, strict=True):
+        write_report(volume.folder, report)
+    summary = scrub.scrub_data({"books": reports, "cost_usd": round(result.cost_usd, 6)})
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        for report in reports:
+            _print(report)
+        made_by = ", ".join(f"{name} ({n} chunks)" for name, n in _made_by(result).items())
+        click.echo(
+            f"made by {made_by or 'nothing new'} ({result.plan.quality} quality); "
+            f"${result.cost_usd:.4f} spent"
+        )
+        for line in result.plan.explain():
+            click.echo(scrub.scrub(line))
+    _exit_code(volumes, result)
+
+
+def _made_by(result: RunResult) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for outcome in result.outcomes.values():
+        if outcome.ok and outcome.target:
+            found[outcome.target] = found.get(outcome.target, 0) + 1
+    return found
+
+
+def _report(volume: Volume, result: RunResult) -> dict[str, Any]:
+    failed = [
+        chunk.key
+        for chapter in volume.script
+        for chunk in chapter.chunks
+        if not result.outcomes[chunk.request.id].ok
+    ]
+    return {
+        "title": volume.book.title,
+        "folder": str(volume.folder),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "chapters": [
+            {
+                "number": chapter.number,
+                "title": chapter.title,
+                "chunks": len(chapter.chunks),
+                "file": str(volume.chapters_written.get(chapter.number) or "") or None,
+                "from_journal": sum(result.outcomes[c.request.id].cached for c in chapter.chunks),
+            }
+            for chapter in volume.script
+        ],
+        "regenerated": volume.redone,
+        "failed_chunks": failed,
+        "outputs": volume.outputs,
+        "notes": volume.notes,
+        "skipped": [{"source": s.source, "reason": s.reason} for s in volume.book.skipped],
+    }
+
+
+def _print(report: dict[str, Any]) -> None:
+    made = [c for c in report["chapters"] if c["file"]]
+    click.echo(
+        f"{report['title']}: {len(made)} of {len(report['chapters'])} chapters in "
+        f"{report['folder']}/chapters"
+    )
+    for output in report["outputs"]:
+        click.echo(f"  wrote {output}")
+    for note in report["notes"]:
+        click.echo(f"  {note}")
+    for skipped in report["skipped"]:
+        click.echo(scrub.scrub(f"  skipped {skipped['source']}: {skipped['reason']}"), err=True)
+
+
+def _exit_code(volumes: list[Volume], result: RunResult) -> None:
+    if result.budget_stopped:
+        raise BudgetExceeded(
+            f"stopped by the budget (${result.cost_usd:.4f} spent); finished chapters are "
+            "written, the rest is kept in the journal: rerun with a higher --max-usd"
+        )
+    if not result.ok:
+        first = result.failed()[0]
+        raise ProviderError(
+            f"{len(result.failed())} chunks failed (first: {first.error}); finished chapters "
+            f"are written, rerun to finish the rest\n{result.summary()}"
+        )
+    skipped = sum(len(v.book.skipped) for v in volumes)
+    if skipped:
+        raise UserError(f"the book was built, but {skipped} sources were skipped (see above)")
