@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -73,10 +74,13 @@ async def send(
     total_s: float = DEFAULT_TOTAL_S,
     max_bytes: int = DEFAULT_MAX_BYTES,
     http_timeout: httpx.Timeout | None = None,
+    check_head: Callable[[int, httpx.Headers], None] | None = None,
 ) -> Answer:
     """One request, its answer read whole within `total_s` and `max_bytes`; never follows a
     redirect. Transport failures and the bounds raise `TransientError`; the status is not
-    judged here (see `raise_for_status`)."""
+    judged here (see `raise_for_status`). `check_head` sees the status and headers before any
+    of the body is read, and may refuse the answer by raising (a file that is not a web page
+    need not be downloaded to be refused)."""
     sent = {"Accept-Encoding": ACCEPT_ENCODING, **(headers or {})}
     extra: dict[str, Any] = {} if http_timeout is None else {"timeout": http_timeout}
     try:
@@ -86,6 +90,8 @@ async def send(
             )
             response = await http.send(request, stream=True, follow_redirects=False)
             try:
+                if check_head is not None:
+                    check_head(response.status_code, response.headers)
                 body = await read_bounded(response, max_bytes, what, target)
             finally:
                 await response.aclose()

@@ -4,6 +4,7 @@ the book still builds."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import threading
 from http.server import BaseHTTPRequestHandler
@@ -87,7 +88,27 @@ def gzip_bomb(handler: BaseHTTPRequestHandler, stop: threading.Event) -> None:
     respond(handler, 200, body, {"Content-Type": "text/html", "Content-Encoding": "gzip"})
 
 
+SENT_OF_A_VIDEO: list[int] = []
+
+
+def video(handler: BaseHTTPRequestHandler, stop: threading.Event) -> None:
+    """A big file that is not a page: counts how much of it the client let through."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "video/mp4")
+    handler.send_header("Content-Length", str(500 * 65_536))
+    handler.end_headers()
+    sent = 0
+    try:
+        for _ in range(500):
+            handler.wfile.write(b"\0" * 65_536)
+            sent += 65_536
+    except OSError:
+        pass  # the client hung up
+    SENT_OF_A_VIDEO.append(sent)
+
+
 ROUTES: dict[str, Route] = {
+    "/video.mp4": video,
     "/river": html_route(article("River floods the lower town", RIVER)),
     "/berg": html_route(article("Gipfel erreicht", MOUNTAIN, lang="de-AT")),
     "/report.pdf": html_route(b"%PDF-1.7 ...", "application/pdf"),
@@ -234,3 +255,15 @@ async def test_an_unknown_group_is_a_user_error(server: Site, tmp_path: Path):
     table.write_text(f"{server.url('/river')},news\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"group sport is not in .*its groups: news"):
         await read_url_groups(table, ["news", "sport"], limits=LIMITS)
+
+
+async def test_a_file_that_is_not_a_page_is_refused_before_its_body_is_read(server: Site):
+    book = await read_book([server.url("/video.mp4")], limits=LIMITS)
+    assert "is not a web page" in _reason(book.skipped) and "video/mp4" in _reason(book.skipped)
+    # Refused on its headers: the client hung up long before the 32 MB were sent (what is
+    # sent before the hang-up sits in the socket buffers, a few hundred KB at most).
+    for _ in range(100):
+        if SENT_OF_A_VIDEO:
+            break
+        await asyncio.sleep(0.05)
+    assert SENT_OF_A_VIDEO and SENT_OF_A_VIDEO[-1] < 8 * 1024 * 1024

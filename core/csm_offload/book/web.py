@@ -84,6 +84,7 @@ async def fetch_page(http: httpx.AsyncClient, url: str, limits: WebLimits) -> Pa
                     headers=_HEADERS,
                     total_s=limits.total_s,
                     max_bytes=limits.max_bytes,
+                    check_head=_check_head,
                 )
                 if not 300 <= answer.status < 400:
                     break
@@ -96,6 +97,12 @@ async def fetch_page(http: httpx.AsyncClient, url: str, limits: WebLimits) -> Pa
         raise Unreadable(f"{exc}; check the URL and the network, or try again later") from None
     _check_status(answer.status, answer.reason)
     return Page(str(current), answer.body, _html_charset(answer.headers, answer.body))
+
+
+def _check_head(status: int, headers: httpx.Headers) -> None:
+    """Refuse a page that is not HTML before downloading it (a PDF link, a video)."""
+    if 200 <= status < 300 and headers.get("content-type", "").strip():
+        _html_charset(headers, b"")
 
 
 def _checked_url(url: str) -> httpx.URL:
