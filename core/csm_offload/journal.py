@@ -281,8 +281,8 @@ def read_stored_audio(path: Path) -> Audio:
         return Audio.decode(path.read_bytes())
     except (AudioError, OSError) as exc:
         raise UserError(
-            f"the stored audio {path} cannot be read ({exc}); delete that file and rerun "
-            "to generate it again"
+            f"the stored audio of a segment ({path}) cannot be read ({exc}); delete that file "
+            "and rerun to generate it again"
         ) from None
 
 
