@@ -123,7 +123,10 @@ class Routes:
         return f"{self.base}/v1/predictions"
 
     def prediction(self, prediction_id: str) -> str:
-        return f"{self.base}/v1/predictions/{urllib.parse.quote(prediction_id, safe='')}"
+        quoted = urllib.parse.quote(prediction_id, safe="")
+        if quoted in (".", ".."):  # a dot segment would be resolved away by the URL
+            quoted = quoted.replace(".", "%2E")
+        return f"{self.base}/v1/predictions/{quoted}"
 
     def cancel(self, prediction_id: str) -> str:
         return self.prediction(prediction_id) + "/cancel"
