@@ -407,13 +407,18 @@ def _env_str(value: Any, _type: type) -> str:
     return str(wire._strict_str(value, _type))
 
 
+def _env_secret(value: Any, _type: type) -> Secret:
+    # A key given in code (csm_offload.cloud_gpu_client) arrives as a `Secret` already.
+    return value if isinstance(value, Secret) else Secret(_env_str(value, str))
+
+
 def _make_converter() -> cattrs.Converter:
     conv = wire.converter.copy()
     conv.register_structure_hook(int, _env_int)
     conv.register_structure_hook(float, _env_float)
     conv.register_structure_hook(bool, _env_bool)
     conv.register_structure_hook(str, _env_str)
-    conv.register_structure_hook(Secret, lambda v, _t: Secret(_env_str(v, str)))
+    conv.register_structure_hook(Secret, _env_secret)
     return conv
 
 

@@ -57,7 +57,10 @@ class CloudGPUManager:
         options: RouteOptions | None = None,
         max_usd: float | None = None,
         settings: RunnerSettings | None = None,
+        prefer: Sequence[str] = (),
     ) -> None:
+        """`prefer`: target names in the caller's order of preference, ranked before price
+        as `audio.cloud_gpu.provider` is (and in its place)."""
         self.config = config if isinstance(config, Config) else load_config(config)
         self.plugins = plugins if plugins is not None else load_plugins()
         self.options = options or RouteOptions()
@@ -80,6 +83,7 @@ class CloudGPUManager:
             Breakers(),
             SpeedBook(),
             learned=LearnedCosts.from_path(self.journal_path),
+            preference=prefer,
         )
         self._journal: Journal | None = None
 
@@ -139,6 +143,10 @@ class CloudGPUManager:
         speaker: int = 0,
         context: Sequence[Segment] = (),
         max_length_ms: int = 30_000,
+        *,
+        temperature: float = 0.9,
+        topk: int = 50,
+        seed: int = 0,
     ) -> Audio:
         """The seed's call: one utterance (split at sentences when long), as `Audio`."""
         try:
@@ -149,7 +157,7 @@ class CloudGPUManager:
             raise UserError("generate_speech blocks; inside async code use `await synthesize()`")
         pieces = chunk_text(text, self.text_limit()) or [""]
         requests = [
-            SpeechRequest(piece, speaker, tuple(context), max_audio_length_ms=max_length_ms)
+            SpeechRequest(piece, speaker, tuple(context), max_length_ms, temperature, topk, seed)
             for piece in pieces
         ]
         result = asyncio.run(self.synthesize(requests))

@@ -23,6 +23,7 @@ from .target import Quality, Target
 from .targets import TargetCheck
 
 PREFERRED_NOTE = "preferred by audio.cloud_gpu.provider"
+LISTED_NOTE = "preferred: number {rank} in the list given to CloudGPUManager"
 
 
 @attrs.frozen
@@ -126,8 +127,12 @@ class Router:
         speeds: SpeedBook,
         *,
         learned: LearnedCosts | None = None,
+        preference: Sequence[str] = (),
     ) -> None:
         self.checks = list(checks)
+        #: Target names in the caller's order of preference (a list of providers given in
+        #: code); when set it takes the place of audio.cloud_gpu.provider.
+        self.preference = tuple(preference)
         self.cloud = cloud
         self.health = health
         self.breakers = breakers
@@ -270,11 +275,12 @@ class Router:
     def _order(self, choices: list[Choice], options: RouteOptions, chars: int) -> list[Choice]:
         choices = [self._mark_preferred(c) for c in choices]
 
-        def key(c: Choice) -> tuple[bool, float, float]:
+        def key(c: Choice) -> tuple[int, float, float]:
             # audio.cloud_gpu.provider (the seed's setting) names the user's preferred target:
-            # it goes first when usable; price and then latency order the rest.
+            # it goes first when usable; price and then latency order the rest. A list given in
+            # code ranks its targets in its order the same way.
             return (
-                not self._preferred(c),
+                self._rank(c),
                 c.cost.usd,
                 self.speeds.latency_key(c.target.name, chars),
             )
@@ -288,13 +294,24 @@ class Router:
         return remote + local
 
     def _preferred(self, choice: Choice) -> bool:
+        if self.preference:
+            return choice.target.name in self.preference
         wanted = self.cloud.provider
         return bool(wanted) and wanted in (choice.target.name, choice.target.kind)
+
+    def _rank(self, choice: Choice) -> int:
+        """0, 1, ... for the preferred targets in the user's order; after them, the rest."""
+        if not self._preferred(choice):
+            return len(self.preference) or 1
+        return self.preference.index(choice.target.name) if self.preference else 0
 
     def _mark_preferred(self, choice: Choice) -> Choice:
         if not self._preferred(choice):
             return choice
-        note = f"{PREFERRED_NOTE}; {choice.note}" if choice.note else PREFERRED_NOTE
+        preferred = PREFERRED_NOTE
+        if self.preference:
+            preferred = LISTED_NOTE.format(rank=self._rank(choice) + 1)
+        note = f"{preferred}; {choice.note}" if choice.note else preferred
         return attrs.evolve(choice, note=note)
 
     @staticmethod
