@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Literal
 
 import attrs
+import soundfile as sf
 
 from ..audio import CSM_SAMPLE_RATE, Audio
 from ..errors import UserError
@@ -117,7 +118,10 @@ class ChapterAssembler:
         self._paragraph_ends = tuple(bool(end) for end in paragraph_ends)
         self._pauses = pauses or Pauses()
         self._tone = RoomTone(sample_rate, seed=seed)
-        self._writer = AudioWriter(path, "flac")
+        # The chapter grows as 16-bit WAV and becomes FLAC at commit: a book has every chapter
+        # in progress at once (chunks finish in any order), and an open FLAC encoder holds
+        # ~0.4 MB where a WAV writer holds a few KB, so memory stays flat in the book's length.
+        self._writer = AudioWriter(path, "wav")
         self._ready: set[int] = set()
         self._next = 0
         self._state: Literal["open", "committed", "aborted"] = "open"
@@ -179,7 +183,8 @@ class ChapterAssembler:
             )
         try:
             self._add_tone(self._pauses.tail_s)
-            self._writer.commit()
+            self._writer.close()
+            self._to_flac()
         except BaseException:
             self.abort()
             raise
@@ -198,6 +203,20 @@ class ChapterAssembler:
         else:
             self._add_tone(self._pauses.after(self._paragraph_ends[index - 1]))
         self._writer.add(self._load(index).resample(self.sample_rate))
+
+    def _to_flac(self) -> None:
+        """The finished WAV, block by block, into the chapter's FLAC (temp, then renamed)."""
+        flac = AudioWriter(self.path, "flac")
+        try:
+            with sf.SoundFile(self._writer.tmp) as pcm:
+                for block in pcm.blocks(blocksize=1 << 16, dtype="float32"):
+                    flac.add(Audio(block, self.sample_rate))
+            flac.commit()
+        except BaseException:
+            flac.abort()
+            raise
+        finally:
+            self._writer.abort()  # the WAV is done with either way
 
     def _add_tone(self, seconds: float) -> None:
         # Added even when empty: the writer takes its rate from the first thing it gets.
