@@ -304,9 +304,13 @@ class Runner:
         a few batches that keep the last workers busy while the others idle."""
         size = self._batch_size(plan, len(rest))
         target = plan.first.target
-        slots = in_flight_for(target, self.router.health.get(target.name))
-        # Only in runs long enough that every slot gets several batches before the tail.
-        singles = slots if size > 1 and len(rest) > 2 * slots * size else 0
+        health = self.router.health.get(target.name)
+        slots = in_flight_for(target, health)
+        # One single per worker that can run it at once (one GPU runs one job at a time: more
+        # singles there would only run one after another), and only in runs long enough that
+        # every slot gets several batches before the tail.
+        workers = min(slots, health.workers) if health is not None and health.workers else slots
+        singles = workers if size > 1 and len(rest) > 2 * slots * size else 0
         cut = max(0, len(rest) - singles)
         head, tail = rest[:cut], rest[cut:]
         return [head[i : i + size] for i in range(0, len(head), size)] + [[r] for r in tail]
