@@ -9,6 +9,7 @@ so that consecutive pauses do not repeat the same stretch of noise.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -28,7 +29,11 @@ def dbfs(rms: float) -> float:
     return 20 * math.log10(rms) if rms > 0 else -math.inf
 
 
-def _tone_buffer(sample_rate: int, level_dbfs: float, seed: int) -> np.ndarray:
+@functools.lru_cache(maxsize=8)
+def _tone_buffer(sample_rate: int, level_dbfs: float, seed: int = 0) -> np.ndarray:
+    """One period of tone, shared (read-only) by every `RoomTone` of that rate and level: a
+    book has every chapter in progress at once, and a buffer each would grow memory with the
+    chapter count."""
     frames = max(1, round(_PERIOD_S * sample_rate))
     freqs = np.fft.rfftfreq(frames, 1 / sample_rate)
     rng = np.random.default_rng(seed)
@@ -40,7 +45,9 @@ def _tone_buffer(sample_rate: int, level_dbfs: float, seed: int) -> np.ndarray:
     if not noise.any():  # a rate too low to hold anything above the cut: white noise instead
         noise = rng.standard_normal(frames)
     rms = float(np.sqrt(np.mean(np.square(noise))))
-    return (noise * (10 ** (level_dbfs / 20) / rms)).astype(np.float32)
+    buffer = (noise * (10 ** (level_dbfs / 20) / rms)).astype(np.float32)
+    buffer.flags.writeable = False
+    return buffer
 
 
 class RoomTone:
@@ -51,8 +58,9 @@ class RoomTone:
             raise ValueError(f"room tone level must be -120..-30 dBFS, got {level_dbfs}")
         self.sample_rate = sample_rate
         self.level_dbfs = level_dbfs
-        self._buffer = _tone_buffer(sample_rate, level_dbfs, seed)
-        self._cursor = 0
+        self._buffer = _tone_buffer(sample_rate, level_dbfs)
+        # The seed picks where in the shared period this tone starts: chapters differ.
+        self._cursor = int(np.random.default_rng(seed).integers(self._buffer.size))
 
     def take(self, seconds: float) -> Audio:
         """The next `seconds` of tone (rounded to a sample), continuing where the last ended."""
