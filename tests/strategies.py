@@ -147,3 +147,26 @@ SMALL_LIMITS = WireLimits(
     max_audio_bytes=200_000,
     max_decoded_audio_bytes=400_000,
 )
+
+
+@st.composite
+def voiced_batch_requests(draw: st.DrawFn) -> BatchRequest:
+    """Batches whose requests (some or all) share a context prefix with audio: a voice prompt,
+    possibly followed by more shared turns, then each request's own turns."""
+    voice = Segment(draw(st.integers(0, 9)), draw(text), draw(audios(max_frames=200)))
+    prefix = (voice, *draw(st.lists(segments(), max_size=2)))
+    requests = []
+    for _ in range(draw(st.integers(1, 4))):
+        request = draw(speech_requests(max_context=2))
+        if draw(st.booleans()):
+            request = SpeechRequest(
+                request.text,
+                request.speaker,
+                prefix[: draw(st.integers(1, len(prefix)))] + request.context,
+                request.max_audio_length_ms,
+                request.temperature,
+                request.topk,
+                request.seed,
+            )
+        requests.append(request)
+    return BatchRequest(tuple(requests), draw(st.sampled_from(["wav", "flac"])))

@@ -118,7 +118,7 @@ def _error(text: str, env: dict[str, str] | None = None) -> str:
         ),
         (
             SEED + "extras: 1\n",
-            "test.yaml:11: extras: unknown key; expected audio, providers or run",
+            "test.yaml:11: extras: unknown key; expected audio, providers, run or voices",
         ),
         (SEED + "audio: {}\n", "test.yaml:11: audio: duplicate key"),
         ("audio:\n  cloud_gpu: [1, 2\n", "test.yaml:3: not valid YAML"),
@@ -287,7 +287,7 @@ extra: 1
 def test_a_lenient_load_keeps_every_error_with_its_line() -> None:
     config = load_config_text(MANY_ERRORS, "test.yaml", {}, strict=False)
     assert config.errors == (
-        "test.yaml:18: extra: unknown key; expected audio, providers or run",
+        "test.yaml:18: extra: unknown key; expected audio, providers, run or voices",
         "test.yaml:3: audio.cloud_gpu.max_retries: expected an integer, got str",
         "test.yaml:4: audio.cloud_gpu.parallel_workers: expected an integer, got str",
     )

@@ -84,6 +84,19 @@ class RunSection:
 
 
 @attrs.frozen
+class VoiceSpec:
+    """A `voices:` entry as written; `csm_offload.voices.voice_from_config` loads and checks
+    the audio (relative paths are relative to the config file)."""
+
+    audio: str
+    transcript: str
+    speaker: int = 0
+    temperature: float | None = None
+    topk: int | None = None
+    seed: int | None = None
+
+
+@attrs.frozen
 class TargetSpec:
     """A target block as written: common keys parsed, provider settings still raw."""
 
@@ -119,6 +132,8 @@ class Config:
     #: Errors outside the target blocks; only a lenient load (`strict=False`) keeps them here,
     #: a strict one raises the first.
     errors: tuple[str, ...] = ()
+    #: Named voices (`voices:`), by name.
+    voices: Mapping[str, VoiceSpec] = attrs.field(factory=dict)
 
     def error(self, path: Path_, message: str) -> ConfigError:
         return config_error(self.source, line_of(self.lines, path), path, message)
@@ -542,8 +557,8 @@ def build_config(
         data = {}
     if not isinstance(data, dict):
         raise error((), "the file must be a mapping (audio:, providers:, run:)")
-    for key in sorted(set(data) - {"audio", "providers", "run"}):
-        problems.append(error((key,), "unknown key; expected audio, providers or run"))
+    for key in sorted(set(data) - {"audio", "providers", "run", "voices"}):
+        problems.append(error((key,), "unknown key; expected audio, providers, run or voices"))
     seen = _Substitution()
     sections: dict[str, Any] = {}
     for key, cls in (("audio", AudioSection), ("run", RunSection)):
@@ -569,6 +584,7 @@ def build_config(
             )
             for name, block in blocks.items()
         )
+    voices = _voice_specs(data.get("voices"), env, error, problems)
     if strict:
         problems.sort(key=lambda p: _line_in(str(p)))
         if problems:
@@ -583,7 +599,31 @@ def build_config(
         source=source,
         lines=dict(lines),
         errors=tuple(str(p) for p in problems),
+        voices=voices,
     )
+
+
+def _voice_specs(
+    blocks: Any, env: Mapping[str, str], error: ErrorFactory, problems: list[ConfigError]
+) -> dict[str, VoiceSpec]:
+    """The `voices:` section (name: {audio, transcript, speaker, ...}); problems are added."""
+    if blocks is None:
+        return {}
+    if not isinstance(blocks, dict):
+        problems.append(error(("voices",), "expected a mapping of voice name to audio/transcript"))
+        return {}
+    voices: dict[str, VoiceSpec] = {}
+    for name, block in blocks.items():
+        path = ("voices", name)
+        if not isinstance(block, dict):
+            problems.append(error(path, "expected a mapping (audio: FILE, transcript: TEXT)"))
+            continue
+        raw = _interpolate(block, env, _Substitution(), path)
+        value, found = structure_all(raw, VoiceSpec, path, error)
+        problems += found
+        if value is not None:
+            voices[str(name)] = value
+    return voices
 
 
 def _drop(data: Any, path: Path_) -> None:

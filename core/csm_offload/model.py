@@ -50,6 +50,11 @@ def _audio_digest(audio: Audio | None) -> str | None:
     return f"{audio.sample_rate}:{digest}"
 
 
+def segment_key(segment: Segment) -> tuple[int, str, str | None]:
+    """What identifies a context segment (its audio by 16-bit content): equal keys, same turn."""
+    return (segment.speaker, segment.text, _audio_digest(segment.audio))
+
+
 def request_id(
     text: str,
     speaker: int,

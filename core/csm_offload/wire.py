@@ -14,6 +14,7 @@ import contextvars
 import enum
 import json
 import math
+import os
 import typing
 from collections.abc import Iterator
 from typing import Any, TypeVar
@@ -32,7 +33,9 @@ from .model import (
     BatchResponse,
     JobState,
     Result,
+    Segment,
     SpeechRequest,
+    segment_key,
 )
 
 SCHEMA = 1
@@ -214,6 +217,137 @@ def _make_converter() -> cattrs.Converter:
 
 #: The one converter. Use `dumps`/`loads` (JSON) or `unstructure`/`structure` (dicts).
 converter = _make_converter()
+#: BatchRequest's generated (field by field) structure function, under the shared-context hook.
+_plain_batch = _strict_attrs_factory(BatchRequest, converter)
+
+
+# --- the batch-level shared context ---------------------------------------------------------
+#
+# A voice prompt (10 s of audio) is the same for every chunk of a book. Sent inside each
+# request it would travel once per request; the encoder hoists a context prefix that several
+# requests of a batch share into the batch's `shared_context` (once), and each of those
+# requests says `"context_ref": "shared"` and carries only the rest of its context. Decoding
+# rebuilds every request's full context, so ids, limits and engines see what they always saw.
+
+#: The value of a request's `context_ref`: its context begins with the batch's shared_context.
+SHARED_REF = "shared"
+#: Set to 0 to never hoist (a worker older than the shared context refuses the field loudly).
+HOIST_ENV = "CSM_OFFLOAD_WIRE_SHARED_CONTEXT"
+
+
+def shared_prefix(
+    requests: tuple[SpeechRequest, ...],
+) -> tuple[tuple[Segment, ...], tuple[int, ...]]:
+    """The context prefix worth sending once, and the indexes of the requests that share it.
+
+    The prefix starts at the most common first segment with audio (text-only segments are too
+    small to be worth a reference) and is as long as all of those requests agree. Fewer than
+    two requests sharing it: nothing to gain, nothing hoisted (the body is as before).
+    """
+    if os.environ.get(HOIST_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return (), ()
+    keys = [tuple(segment_key(s) for s in r.context) for r in requests]
+    firsts = [k[0] for k, r in zip(keys, requests, strict=True) if r.context and r.context[0].audio]
+    if not firsts:
+        return (), ()
+    first = max(set(firsts), key=firsts.count)
+    users = tuple(i for i, k in enumerate(keys) if k and k[0] == first)
+    if len(users) < 2:
+        return (), ()
+    length = min(len(keys[i]) for i in users)
+    for position in range(1, length):
+        if len({keys[i][position] for i in users}) > 1:
+            length = position
+            break
+    return requests[users[0]].context[:length], users
+
+
+def _unstructure_batch(batch: BatchRequest) -> dict[str, Any]:
+    shared, users = shared_prefix(batch.requests)
+    requests = []
+    for index, request in enumerate(batch.requests):
+        if index in users:
+            own = attrs.evolve(request, context=request.context[len(shared) :])
+            requests.append({**converter.unstructure(own), "context_ref": SHARED_REF})
+        else:
+            requests.append(converter.unstructure(request))
+    body: dict[str, Any] = {"requests": requests, "audio_format": batch.audio_format}
+    if shared:
+        body["shared_context"] = [converter.unstructure(s) for s in shared]
+    body["schema"] = batch.schema
+    return body
+
+
+def structure_shared_context(data: Any, limits: WireLimits = DEFAULT_LIMITS) -> tuple:
+    """A batch body's `shared_context`, decoded once (`()` when absent); errors name it."""
+    raw = data.get("shared_context") if isinstance(data, dict) else None
+    if raw is None:
+        return ()
+    with limits_in_force(limits):
+        try:
+            shared = converter.structure(raw, tuple[Segment, ...])
+        except (ClassValidationError, IterableValidationError) as exc:
+            path, message = first_error(exc)
+            raise WireError(json_path(("shared_context", *path)), message) from None
+        except (TypeError, ValueError) as exc:
+            raise WireError("shared_context", _message(exc)) from None
+    # The same bounds as a request's own context: it becomes part of each one.
+    check_request(SpeechRequest("", context=shared), limits, "shared_context")
+    return shared
+
+
+def _strip_ref(item: Any, shared: tuple, path: str) -> tuple[Any, bool]:
+    """The request without its `context_ref`, and whether it referred to the shared context."""
+    if not isinstance(item, dict) or "context_ref" not in item:
+        return item, False
+    ref = item["context_ref"]
+    if ref != SHARED_REF or isinstance(ref, bool):
+        raise WireError(f"{path}context_ref", f"expected {SHARED_REF!r}, got {ref!r}")
+    if not shared:
+        raise WireError(
+            f"{path}context_ref", "refers to shared_context, but the batch has none (send it)"
+        )
+    return {k: v for k, v in item.items() if k != "context_ref"}, True
+
+
+def structure_request(
+    item: Any, shared: tuple = (), limits: WireLimits = DEFAULT_LIMITS
+) -> SpeechRequest:
+    """One request of a batch body, its context rebuilt from `shared` if it refers to it;
+    errors name the field inside the request (`context_ref`, `text`, ...)."""
+    plain, refers = _strip_ref(item, shared, "")
+    request = structure(plain, SpeechRequest, limits)
+    if not refers:
+        return request
+    full = attrs.evolve(request, context=shared + request.context)
+    check_request(full, limits)
+    return full
+
+
+def _structure_batch(value: Any, _type: Any) -> BatchRequest:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {_type_name(value)}")
+    shared = structure_shared_context(value, _limits.get())
+    data = {k: v for k, v in value.items() if k != "shared_context"}
+    refs: set[int] = set()
+    if isinstance(data.get("requests"), list):
+        items = []
+        for index, item in enumerate(data["requests"]):
+            plain, refers = _strip_ref(item, shared, f"requests[{index}].")
+            items.append(plain)
+            if refers:
+                refs.add(index)
+        data["requests"] = items
+    batch = _plain_batch(data, BatchRequest)
+    requests = tuple(
+        attrs.evolve(r, context=shared + r.context) if i in refs else r
+        for i, r in enumerate(batch.requests)
+    )
+    return attrs.evolve(batch, requests=requests)
+
+
+converter.register_structure_hook(BatchRequest, _structure_batch)
+converter.register_unstructure_hook(BatchRequest, _unstructure_batch)
 
 
 def unstructure(obj: Any) -> Any:
@@ -262,6 +396,8 @@ def structure(data: Any, cls: type[T], limits: WireLimits = DEFAULT_LIMITS) -> T
     with limits_in_force(limits):
         try:
             obj = converter.structure(data, cls)
+        except WireError:
+            raise  # already names its field (the shared context's own checks)
         except (ClassValidationError, IterableValidationError) as exc:
             raise _first_error(exc) from None
         except (TypeError, ValueError) as exc:

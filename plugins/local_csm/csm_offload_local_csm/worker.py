@@ -18,7 +18,13 @@ import numpy as np
 from csm_offload import AudioData, BatchRequest, BatchResponse, Result, SpeechRequest, WorkerInfo
 from csm_offload.audio import AudioFormat
 from csm_offload.errors import PERMANENT, WireError
-from csm_offload.wire import DEFAULT_LIMITS, WireLimits, structure
+from csm_offload.wire import (
+    DEFAULT_LIMITS,
+    WireLimits,
+    structure,
+    structure_request,
+    structure_shared_context,
+)
 
 #: The longest request id echoed back in a per-request error.
 _MAX_ID_CHARS = 128
@@ -58,12 +64,14 @@ def parse_batch(data: Any, limits: WireLimits = DEFAULT_LIMITS) -> ParsedBatch:
     if not isinstance(items, list):
         raise WireError("requests", "expected a list of requests")
     # The envelope alone, through the one converter: schema, audio_format, unknown keys.
-    envelope = structure({**data, "requests": []}, BatchRequest, limits)
+    envelope = structure({**data, "requests": [], "shared_context": None}, BatchRequest, limits)
+    # A voice prompt shared by the batch is decoded once; a bad one fails the whole body.
+    shared = structure_shared_context(data, limits)
     if len(items) > limits.max_requests:
         raise WireError(
             "requests", f"{len(items)} is over the limit of {limits.max_requests} (max_requests)"
         )
-    parsed = tuple(_parse_item(index, item, limits) for index, item in enumerate(items))
+    parsed = tuple(_parse_item(index, item, shared, limits) for index, item in enumerate(items))
     _refuse_duplicate_ids(parsed)
     return ParsedBatch(parsed, envelope.audio_format)
 
@@ -83,9 +91,9 @@ def _refuse_duplicate_ids(items: Sequence[SpeechRequest | Result]) -> None:
             )
 
 
-def _parse_item(index: int, item: Any, limits: WireLimits) -> SpeechRequest | Result:
+def _parse_item(index: int, item: Any, shared: tuple, limits: WireLimits) -> SpeechRequest | Result:
     try:
-        return structure(item, SpeechRequest, limits)
+        return structure_request(item, shared, limits)
     except WireError as exc:
         where = f"requests[{index}]" if exc.field == "$" else f"requests[{index}].{exc.field}"
         message = str(exc).split(": ", 1)[-1]
