@@ -16,6 +16,7 @@ import attrs
 from ..chunking import split_chunks
 from ..errors import UserError
 from ..model import SpeechRequest
+from ..voices import Voice, voice_request
 from .model import Book
 from .speech import for_speech
 
@@ -53,9 +54,12 @@ def build_script(
     speaker: int,
     chapters: Iterable[int],
     takes: Mapping[str, int],
+    voice: Voice | None = None,
+    plain: str | None = None,
 ) -> list[ScriptChapter]:
-    """The selected chapters (numbers from 1) as chunks and requests; chapters with nothing to
-    speak are left out."""
+    """The selected chapters (numbers from 1) as chunks and requests, in `voice` (its prompt as
+    every request's context) but for the chunk keyed `plain` (an auto-voice's own sentence);
+    chapters with nothing to speak are left out."""
     script = []
     for number in chapters:
         chapter = book.chapters[number - 1]
@@ -73,6 +77,13 @@ def build_script(
         if chunks:
             script.append(ScriptChapter(number, chapter.title, chunks))
     return script
+
+
+def _request(text: str, voice: Voice | None, speaker: int, take: int) -> SpeechRequest:
+    if voice is None:
+        return SpeechRequest(text, speaker, seed=take)
+    # A take shifts the voice's own seed, so a redo still differs from the take before it.
+    return voice_request(text, voice, seed=(voice.settings.seed or 0) + take)
 
 
 _RANGE = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")

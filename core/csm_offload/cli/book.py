@@ -45,6 +45,7 @@ from ..errors import BudgetExceeded, ProviderError, UserError
 from ..journal import Journal
 from ..manager import CloudGPUManager, http_client
 from ..runner import Progress, RunResult
+from ..voices import Voice, load_voice, voice_from_config, voice_from_result
 from .app import App, pass_app
 from .estimate import ask_health, price_rows, print_price_table
 from .synth import DEFAULT_CHUNK_CHARS, ProgressBar, route_options
@@ -85,6 +86,14 @@ class Volume:
     help="Besides one FLAC per chapter: mp3 (per chapter) and/or m4b (the book).",
 )
 @click.option("--speaker", type=click.IntRange(0, 1_000), default=0, show_default=True)
+@click.option("--voice", help="A voice from the config's voices: section.")
+@click.option("--voice-prompt", type=click.Path(dir_okay=False), help="A 3-30 s reference clip.")
+@click.option("--voice-text", help="What the --voice-prompt clip says.")
+@click.option(
+    "--no-auto-voice",
+    is_flag=True,
+    help="Without a voice, do not make the first sentence every chunk's prompt.",
+)
 @click.option("--max-chars", type=click.IntRange(20, 100_000), default=None)
 @click.option("--cloud-gpu", is_flag=True, help="Remote GPU targets only.")
 @click.option("--local-audio", is_flag=True, help="Local targets only.")
@@ -106,18 +115,21 @@ def book_command(app: App, **opts: Any) -> None:
     check_output_dir(out)
     volumes = _volumes(opts, out)
     options = route_options(opts["cloud_gpu"], opts["local_audio"], opts["draft"])
+    voice = chosen_voice(app, opts["voice"], opts["voice_prompt"], opts["voice_text"])
     with CloudGPUManager(
         config=app.config, plugins=app.plugins, options=options, max_usd=opts["max_usd"]
     ) as manager:
         budget = min(manager.text_limit(), opts["max_chars"] or DEFAULT_CHUNK_CHARS)
         for volume in volumes:
-            _plan(volume, opts, budget)
+            _plan(volume, opts, budget, voice)
         if opts["dry_run"]:
             _dry_run(manager, volumes, opts["as_json"])
             return
         for volume in volumes:
             remove_stale_temps(volume.folder)
             save_book(volume.folder, volume.book, volume.takes)
+        if voice is None and not opts["no_auto_voice"]:
+            _auto_voice(manager, volumes, opts, budget)
         result = _generate(manager, volumes, quiet=opts["quiet"])
     for volume in volumes:
         _encode(volume, opts["formats"], quiet=opts["quiet"])
@@ -181,15 +193,63 @@ def _volume(folder: Path, book: Book) -> Volume:
     return Volume(folder, book, takes=load_takes(folder))
 
 
-def _plan(volume: Volume, opts: dict[str, Any], budget: int) -> None:
+def _plan(
+    volume: Volume,
+    opts: dict[str, Any],
+    budget: int,
+    voice: Voice | None,
+    plain: str | None = None,
+) -> None:
     numbers = parse_chapters(opts["chapter_spec"], len(volume.book.chapters))
-    script = build_script(volume.book, budget, opts["speaker"], numbers, volume.takes)
-    if opts["redo"]:
+
+    def build() -> list[ScriptChapter]:
+        args = (volume.book, budget, opts["speaker"], numbers, volume.takes)
+        return build_script(*args, voice=voice, plain=plain)
+
+    script = build()
+    if opts["redo"] and not volume.redone:
         volume.redone = apply_redo(script, parse_redo(opts["redo"]), volume.takes)
-        script = build_script(volume.book, budget, opts["speaker"], numbers, volume.takes)
+        script = build()
     if not script:
         raise UserError(f"{volume.book.title}: the selected chapters have nothing to speak")
     volume.script = script
+
+
+def chosen_voice(app: App, name: str | None, prompt: str | None, text: str | None) -> Voice | None:
+    """The voice the user named (`--voice`), or gave (`--voice-prompt` with `--voice-text`)."""
+    if name and prompt:
+        raise UserError("give --voice NAME or --voice-prompt FILE, not both")
+    if name:
+        return voice_from_config(app.config, name)
+    if prompt:
+        if not text:
+            raise UserError("--voice-prompt needs --voice-text: what the clip says, word for word")
+        return load_voice(prompt, text)
+    if text:
+        raise UserError("--voice-text goes with --voice-prompt FILE (the clip it transcribes)")
+    return None
+
+
+def _auto_voice(
+    manager: CloudGPUManager, volumes: list[Volume], opts: dict[str, Any], budget: int
+) -> None:
+    """With no voice given, CSM picks a different speaker for every chunk: the book's first
+    chunk is generated once, alone, and its audio becomes every other chunk's prompt, so the
+    chunks still run in parallel in one voice. (The draft voice has one voice already.)"""
+    first = volumes[0].script[0].chunks[0]
+    if manager.plan([first.request]).quality != "csm":
+        return
+    result = asyncio.run(manager.synthesize([first.request]))
+    outcome = result.outcomes[first.request.id]
+    audio = outcome.audio if outcome.ok else None
+    if audio is None:
+        raise ProviderError(
+            f"the first sentence, generated to set the book's voice, failed ({outcome.error}); "
+            f"give a voice with --voice, or --no-auto-voice\n{result.summary()}"
+        )
+    voice = voice_from_result(audio, first.request.text, first.request.speaker)
+    for index, volume in enumerate(volumes):
+        _plan(volume, opts, budget, voice, plain=first.key if index == 0 else None)
 
 
 # --- dry run ---------------------------------------------------------------------------------
