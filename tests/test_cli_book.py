@@ -254,3 +254,17 @@ def test_a_book_killed_mid_run_resumes_with_identical_audio(tmp_path: Path) -> N
         assert clean.returncode == 0, err.decode()
     assert _chapters(crashed / "out") == _chapters(reference / "out")
     assert not list((crashed / "out").rglob("*.tmp"))
+
+
+def test_the_book_is_levelled_to_acx_and_checked(
+    sim: SimulatedRunPod, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ("--config", "cfg.yaml", "book", "book.md", "-o", "out", "--quiet", "--check-acx")
+    assert cli(*args) == 0
+    out = capsys.readouterr().out
+    assert "true peak" in out and "pass" in out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["loudness"]["preset"] == "acx" and len(report["loudness"]["chapters"]) == 3
+    assert [c["ok"] for c in report["acx_check"]] == [True, True, True]
+    assert cli(*args, "--loudness", "none") == 0
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["loudness"] is None

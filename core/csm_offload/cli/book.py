@@ -19,7 +19,7 @@ import attrs
 import click
 
 from .. import scrub
-from ..book import Book, read_book, read_url_groups
+from ..book import Book, loudness, read_book, read_url_groups
 from ..book.assemble import ChapterAssembler, check_output_dir
 from ..book.encode import ChapterFile, encode_m4b, encode_mp3
 from ..book.metadata import BookInfo, Cover
@@ -51,6 +51,7 @@ from .estimate import ask_health, price_rows, print_price_table
 from .synth import DEFAULT_CHUNK_CHARS, ProgressBar, route_options
 
 FORMATS = ("flac", "mp3", "m4b")
+LOUDNESS_PRESETS = ("acx", "podcast", "none")
 
 
 @attrs.define
@@ -65,6 +66,8 @@ class Volume:
     chapters_written: dict[int, Path] = attrs.field(factory=dict)
     outputs: list[str] = attrs.field(factory=list)
     notes: list[str] = attrs.field(factory=list)
+    loudness: dict[str, Any] | None = None
+    acx: list[dict[str, Any]] | None = None
 
     @property
     def requests(self) -> list[Any]:
@@ -100,6 +103,14 @@ class Volume:
 @click.option("--draft", is_flag=True, help="The free draft voice (eSpeak NG).")
 @click.option("--audio-only", is_flag=True, help="Reuse the text extracted before; fetch nothing.")
 @click.option("--dry-run", is_flag=True, help="Chapters, chunks and prices; pay nothing.")
+@click.option(
+    "--loudness",
+    type=click.Choice(LOUDNESS_PRESETS),
+    default="acx",
+    show_default=True,
+    help="Level the whole book with one gain plan (docs/loudness.md).",
+)
+@click.option("--check-acx", is_flag=True, help="Print each chapter's ACX measurements.")
 @click.option("--max-usd", type=float, default=None, help="Spend at most this much on this run.")
 @click.option("--title", help="The book's title (default: from the source).")
 @click.option("--author", help="The book's author (default: from the source).")
@@ -132,6 +143,7 @@ def book_command(app: App, **opts: Any) -> None:
             _auto_voice(manager, volumes, opts, budget)
         result = _generate(manager, volumes, quiet=opts["quiet"])
     for volume in volumes:
+        _level(volume, opts["loudness"], opts["check_acx"])
         _encode(volume, opts["formats"], quiet=opts["quiet"])
     _finish(volumes, result, opts["as_json"])
 
@@ -392,6 +404,29 @@ def _generate(manager: CloudGPUManager, volumes: list[Volume], quiet: bool) -> R
 # --- encoding and the summary ----------------------------------------------------------------
 
 
+def _level(volume: Volume, preset: str, check_acx: bool) -> None:
+    """One gain plan for the whole book (every chapter made so far, not only this run's),
+    measured and applied per chapter, before anything is encoded from the chapters."""
+    paths = [path for _n, _t, path in _all_chapter_files(volume)]
+    if not paths:
+        return
+    if preset != "none":
+        gains = loudness.plan(loudness.measure(paths), preset)
+        loudness.apply_plan(gains)
+        volume.loudness = {
+            "preset": preset,
+            "book_gain_db": round(gains.book_gain_db, 2),
+            "chapters": [
+                {"file": str(c.path), "gain_db": round(c.gain_db, 2), "notes": list(c.notes)}
+                for c in gains.chapters
+            ],
+        }
+    if check_acx:
+        checks = loudness.check_acx(paths)
+        volume.acx = [{"file": str(c.path), "ok": c.ok, "failures": c.failures()} for c in checks]
+        click.echo(loudness.format_checks(checks))
+
+
 def _encode(volume: Volume, formats: Sequence[str], quiet: bool) -> None:
     book = volume.book
     info = BookInfo(
@@ -493,6 +528,8 @@ def _report(volume: Volume, result: RunResult) -> dict[str, Any]:
         "failed_chunks": failed,
         "outputs": volume.outputs,
         "notes": volume.notes,
+        "loudness": volume.loudness,
+        "acx_check": volume.acx,
         "skipped": [{"source": s.source, "reason": s.reason} for s in volume.book.skipped],
     }
 
