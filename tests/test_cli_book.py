@@ -87,6 +87,10 @@ def test_a_book_becomes_chapters_and_a_rerun_is_free(
     files = _chapters(tmp_path / "out")
     assert list(files) == ["01 - Chapter 1.flac", "02 - Chapter 2.flac", "03 - Chapter 3.flac"]
     assert (tmp_path / "out" / "A Test Book.m4b").is_file() and "wrote" in out
+    srt = (tmp_path / "out" / "subtitles" / "01 - Chapter 1.srt").read_text()
+    assert srt.startswith("1\n") and "Chapter one paragraph zero" in srt
+    vtt = (tmp_path / "out" / "A Test Book.vtt").read_text()
+    assert vtt.startswith("WEBVTT") and "Chapter three" in vtt
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [c["chunks"] for c in report["chapters"]] == [len(c) for c in _chunk_counts(tmp_path)]
     paid = _submitted(sim)

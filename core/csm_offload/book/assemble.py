@@ -124,6 +124,9 @@ class ChapterAssembler:
         self._writer = AudioWriter(path, "wav")
         self._ready: set[int] = set()
         self._next = 0
+        #: Where each written chunk's audio starts and ends in the chapter (seconds), for
+        #: subtitles and for the report's offsets.
+        self.spans: dict[int, tuple[float, float]] = {}
         self._state: Literal["open", "committed", "aborted"] = "open"
 
     def __enter__(self) -> ChapterAssembler:
@@ -202,7 +205,9 @@ class ChapterAssembler:
             self._add_tone(self._pauses.head_s)
         else:
             self._add_tone(self._pauses.after(self._paragraph_ends[index - 1]))
+        start = self._writer.frames
         self._writer.add(self._load(index).resample(self.sample_rate))
+        self.spans[index] = (start / self.sample_rate, self._writer.frames / self.sample_rate)
 
     def _to_flac(self) -> None:
         """The finished WAV, block by block, into the chapter's FLAC (temp, then renamed)."""

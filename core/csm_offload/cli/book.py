@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import attrs
 import click
 
 from .. import scrub
-from ..book import Book, loudness, read_book, read_url_groups
+from ..book import Book, loudness, read_book, read_url_groups, subtitles
 from ..book.assemble import ChapterAssembler, check_output_dir
 from ..book.encode import ChapterFile, encode_m4b, encode_mp3
 from ..book.metadata import BookInfo, Cover
@@ -41,9 +42,11 @@ from ..book.script import (
     parse_redo,
 )
 from ..book.sources import read_url_table, select_groups
+from ..book.subtitles import ChapterTiming, ChunkTiming
 from ..errors import BudgetExceeded, ProviderError, UserError
 from ..journal import Journal
 from ..manager import CloudGPUManager, http_client
+from ..output import write_bytes_atomic
 from ..runner import Progress, RunResult
 from ..voices import Voice, load_voice, voice_from_config, voice_from_result
 from .app import App, pass_app
@@ -66,6 +69,8 @@ class Volume:
     chapters_written: dict[int, Path] = attrs.field(factory=dict)
     outputs: list[str] = attrs.field(factory=list)
     notes: list[str] = attrs.field(factory=list)
+    #: Each chapter made by this run: its length and its chunks' places in it (subtitles).
+    timings: dict[int, ChapterTiming] = attrs.field(factory=dict)
     loudness: dict[str, Any] | None = None
     acx: list[dict[str, Any]] | None = None
 
@@ -338,6 +343,7 @@ class _Assembly:
         self.quality = quality
         self.where: dict[str, list[tuple[ChapterAssembler, int, Volume, int]]] = {}
         self.open: list[ChapterAssembler] = []
+        self.texts: dict[ChapterAssembler, list[str]] = {}
         self.error: BaseException | None = None
         for volume in volumes:
             for chapter in volume.script:
@@ -346,6 +352,7 @@ class _Assembly:
     def _open(self, volume: Volume, chapter: ScriptChapter) -> None:
         path = volume.folder / "chapters" / f"{chapter_stem(chapter.number, chapter.title)}.flac"
         ids = [chunk.request.id for chunk in chapter.chunks]
+        texts = [chunk.request.text for chunk in chapter.chunks]
         assembler = ChapterAssembler(
             path,
             lambda index: self._load(ids[index]),
@@ -353,6 +360,7 @@ class _Assembly:
             seed=chapter.number,
         )
         self.open.append(assembler)
+        self.texts[assembler] = texts
         for index, request_id in enumerate(ids):
             self.where.setdefault(request_id, []).append((assembler, index, volume, chapter.number))
 
@@ -369,13 +377,51 @@ class _Assembly:
             for assembler, index, volume, number in self.where.get(event.request_id, []):
                 assembler.ready(index)
                 if assembler.complete:
-                    volume.chapters_written[number] = assembler.commit().path
+                    made = assembler.commit()
+                    volume.chapters_written[number] = made.path
+                    volume.timings[number] = ChapterTiming(
+                        0.0,
+                        made.duration,
+                        [
+                            ChunkTiming(*assembler.spans[i], text)
+                            for i, text in enumerate(self.texts[assembler])
+                        ],
+                    )
+                    _write_subtitles(made.path, volume.timings[number])
         except Exception as exc:  # reported after the run; the runner must not see it
             self.error = exc
 
     def abort_unfinished(self) -> None:
         for assembler in self.open:
             assembler.abort()
+
+
+def _write_subtitles(audio: Path, timing: ChapterTiming) -> None:
+    """SRT and WebVTT for one chapter (or the book), beside the audio's folder."""
+    cues = subtitles.cues_for_chapter(timing.chunks, timing.duration_s)
+    folder = audio.parent.parent / "subtitles"
+    for suffix, text in ((".srt", subtitles.to_srt(cues)), (".vtt", subtitles.to_vtt(cues))):
+        path = folder / f"{audio.stem}{suffix}"
+        os.replace(write_bytes_atomic(path, text.encode("utf-8")), path)
+
+
+def _book_subtitles(volume: Volume) -> None:
+    """One SRT and WebVTT for the whole book (the M4B's timeline), when every chapter of the
+    book was assembled by this run (an earlier run's chapter has no timings here)."""
+    numbers = range(1, len(volume.book.chapters) + 1)
+    if any(n not in volume.timings for n in numbers):
+        return
+    start, placed = 0.0, []
+    for number in numbers:
+        timing = volume.timings[number]
+        placed.append(ChapterTiming(start, timing.duration_s, timing.chunks))
+        start += timing.duration_s
+    cues = subtitles.book_cues(placed)
+    stem = volume.folder / safe_name(volume.book.title)
+    for suffix, text in ((".srt", subtitles.to_srt(cues)), (".vtt", subtitles.to_vtt(cues))):
+        path = stem.with_name(stem.name + suffix)
+        os.replace(write_bytes_atomic(path, text.encode("utf-8")), path)
+        volume.outputs.append(str(path))
 
 
 def _generate(manager: CloudGPUManager, volumes: list[Volume], quiet: bool) -> RunResult:
@@ -436,6 +482,7 @@ def _encode(volume: Volume, formats: Sequence[str], quiet: bool) -> None:
         cover=_cover(volume) if formats else None,
     )
     files = _all_chapter_files(volume)
+    _book_subtitles(volume)
     if "mp3" in formats:
         for number, title, path in files:
             if number in volume.chapters_written:
