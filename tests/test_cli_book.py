@@ -14,9 +14,14 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from csm_offload import Audio, SpeechRequest
 from csm_offload.cli import main
+from csm_offload.plugins import Plugins
+from tests.conftest import registered
+from tests.scripted_provider import ScriptedProvider
 from tests.sim.runpod_cloud import SimulatedRunPod
 
 CLI = [sys.executable, "-m", "csm_offload"]
@@ -272,3 +277,76 @@ def test_the_book_is_levelled_to_acx_and_checked(
     assert [c["ok"] for c in report["acx_check"]] == [True, True, True]
     assert cli(*args, "--loudness", "none") == 0
     assert json.loads((tmp_path / "out" / "report.json").read_text())["loudness"] is None
+
+
+def _bad_takes(request: SpeechRequest) -> Audio:
+    """Speech-like tone, but silence for the SILENT chunk's first take, a clipped square wave
+    for CLIP's, and a 30 s loop for every take of LOOP."""
+    rate, seconds = 24_000, max(0.5, 0.06 * len(request.text))
+    if "LOOP" in request.text:
+        seconds = 30.0
+    t = np.arange(int(seconds * rate)) / rate
+    wave = 0.2 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    if "SILENT" in request.text and request.seed == 0:
+        wave = np.zeros_like(t)
+    if "CLIP" in request.text and request.seed == 0:
+        wave = np.sign(np.sin(2 * np.pi * 220 * t))
+    return Audio(wave.astype(np.float32), rate)
+
+
+GATE_BOOK = """# Gate Book
+
+## Chapter 1
+
+The first paragraph has nothing odd in it at all, and reads well enough.
+
+This SILENT chunk comes back as silence the first time it is made.
+
+## Chapter 2
+
+This CLIP chunk comes back clipped the first time it is made.
+
+A LOOP chunk.
+
+The last paragraph is fine, and it closes the book.
+"""
+
+
+def test_the_quality_gate_regenerates_and_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CSM_OFFLOAD_CONFIG", raising=False)
+    provider = ScriptedProvider("scripted", max_batch=2, seconds_per_char=0.0005)
+    plugins = Plugins()
+    monkeypatch.setattr("csm_offload.cli.app.load_plugins", lambda *_a, **_k: plugins)
+    monkeypatch.setattr("tests.scripted_provider.tone_for", _bad_takes)
+    (tmp_path / "cfg.yaml").write_text(
+        "providers:\n  s:\n    kind: scripted\n    usd_per_second: 0.01\n"
+    )
+    (tmp_path / "book.md").write_text(GATE_BOOK)
+    args = ("--config", "cfg.yaml", "book", "book.md", "-o", "out", "--no-auto-voice")
+    with registered(plugins, provider, "scripted"):
+        assert cli(*args, "--max-retries", "2") == 0
+    out = capsys.readouterr().out
+    quality = json.loads((tmp_path / "out" / "report.json").read_text())["quality"]
+    regenerated = Counter(e["chunk"] for e in quality["regenerated"])
+    assert regenerated == {"1.2": 1, "2.1": 1, "2.2": 2}
+    assert [(e["chunk"], e["attempt"]) for e in quality["flagged"]] == [("2.2", 3)]
+    reasons = {e["chunk"]: " ".join(e["reasons"]) for e in quality["regenerated"]}
+    assert "no speech" in reasons["1.2"] and "clipped" in reasons["2.1"]
+    assert "long" in reasons["2.2"]
+    assert all(e["offset_s"] is not None for e in quality["flagged"])
+    assert quality["regeneration_usd"] > 0
+    assert "1 chunks kept flagged" in out and "flagged chunk 2.2" in out
+    assert len(_chapters(tmp_path / "out")) == 2
+    # The kept takes are remembered: a rerun regenerates nothing and pays nothing.
+    assert json.loads((tmp_path / "out" / "book.json").read_text())["takes"] == {
+        "1.2": 1,
+        "2.1": 1,
+        "2.2": 2,
+    }
+    paid = sum(provider.submitted.values())
+    with registered(plugins, provider, "scripted"):
+        assert cli(*args, "--max-retries", "2", "--no-quality-gate") == 0
+    assert sum(provider.submitted.values()) == paid

@@ -708,6 +708,16 @@ class Journal:
         cost recorded): jobs, estimated and actual USD, over all runs and in its latest run."""
         return _priced_by_target(self.db)
 
+    def request_cost(self, request_id: str) -> float:
+        """What `request_id` has cost: its share of every job that carried it and was paid."""
+        rows = self.db.execute(
+            "SELECT j.actual_usd, (SELECT COUNT(*) FROM job_requests c WHERE c.job_key = j.key) "
+            "FROM jobs j JOIN job_requests r ON r.job_key = j.key "
+            "WHERE r.request_id = ? AND j.actual_usd IS NOT NULL",
+            (request_id,),
+        ).fetchall()
+        return sum(float(usd) / max(1, int(count)) for usd, count in rows)
+
     def submissions_of(self, request_id: str) -> int:
         """How many jobs ever carried this request (for audits and tests)."""
         row = self.db.execute(

@@ -33,6 +33,7 @@ from ..book.project import (
     save_book,
     write_report,
 )
+from ..book.quality import GateEvent, GateSettings, VoicePace, check_chunk, quality_report
 from ..book.script import (
     SECONDS_PER_CHAR,
     ScriptChapter,
@@ -46,6 +47,7 @@ from ..book.subtitles import ChapterTiming, ChunkTiming
 from ..errors import BudgetExceeded, ProviderError, UserError
 from ..journal import Journal
 from ..manager import CloudGPUManager, http_client
+from ..model import SpeechRequest
 from ..output import write_bytes_atomic
 from ..runner import Progress, RunResult
 from ..voices import Voice, load_voice, voice_from_config, voice_from_result
@@ -71,6 +73,7 @@ class Volume:
     notes: list[str] = attrs.field(factory=list)
     #: Each chapter made by this run: its length and its chunks' places in it (subtitles).
     timings: dict[int, ChapterTiming] = attrs.field(factory=dict)
+    gate_events: list[GateEvent] = attrs.field(factory=list)
     loudness: dict[str, Any] | None = None
     acx: list[dict[str, Any]] | None = None
 
@@ -116,6 +119,14 @@ class Volume:
     help="Level the whole book with one gain plan (docs/loudness.md).",
 )
 @click.option("--check-acx", is_flag=True, help="Print each chapter's ACX measurements.")
+@click.option("--no-quality-gate", is_flag=True, help="Accept every chunk as it comes back.")
+@click.option(
+    "--max-retries",
+    type=click.IntRange(0, 20),
+    default=2,
+    show_default=True,
+    help="New takes of a chunk that fails the quality gate before it is kept, flagged.",
+)
 @click.option("--max-usd", type=float, default=None, help="Spend at most this much on this run.")
 @click.option("--title", help="The book's title (default: from the source).")
 @click.option("--author", help="The book's author (default: from the source).")
@@ -146,7 +157,8 @@ def book_command(app: App, **opts: Any) -> None:
             save_book(volume.folder, volume.book, volume.takes)
         if voice is None and not opts["no_auto_voice"]:
             _auto_voice(manager, volumes, opts, budget)
-        result = _generate(manager, volumes, quiet=opts["quiet"])
+        gate = None if opts["no_quality_gate"] else GateSettings(max_retries=opts["max_retries"])
+        result = _generate(manager, volumes, quiet=opts["quiet"], gate=gate)
     for volume in volumes:
         _level(volume, opts["loudness"], opts["check_acx"])
         _encode(volume, opts["formats"], quiet=opts["quiet"])
@@ -333,17 +345,41 @@ def _clock(seconds: float) -> str:
 # --- generation and assembly -----------------------------------------------------------------
 
 
-class _Assembly:
-    """Feeds the runner's progress events to the chapters' assemblers: a chunk is written as
-    soon as every chunk before it in its chapter is in, and a chapter is committed the moment
-    its last chunk is."""
+@attrs.frozen
+class _Place:
+    """Where a request's audio goes: one chunk of one chapter."""
 
-    def __init__(self, manager: CloudGPUManager, volumes: list[Volume], quality: str) -> None:
+    assembler: ChapterAssembler
+    index: int
+    volume: Volume
+    chapter: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.chapter}.{self.index + 1}"
+
+
+class _Assembly:
+    """Feeds the runner's progress events to the chapters' assemblers: a chunk that passes the
+    quality gate is written as soon as every chunk before it in its chapter is in, and a
+    chapter is committed the moment its last chunk is. A chunk that fails the gate waits in
+    `rejected` for a new take (see `_generate`)."""
+
+    def __init__(
+        self,
+        manager: CloudGPUManager,
+        volumes: list[Volume],
+        quality: str,
+        gate: GateSettings | None,
+    ) -> None:
         self.journal = manager.journal
         self.quality = quality
-        self.where: dict[str, list[tuple[ChapterAssembler, int, Volume, int]]] = {}
-        self.open: list[ChapterAssembler] = []
-        self.texts: dict[ChapterAssembler, list[str]] = {}
+        self.gate = gate
+        self.pace = VoicePace()
+        self.where: dict[str, list[_Place]] = {}
+        self.requests: dict[str, SpeechRequest] = {}
+        self.ids: dict[ChapterAssembler, list[str]] = {}
+        self.rejected: dict[str, tuple[str, ...]] = {}
         self.error: BaseException | None = None
         for volume in volumes:
             for chapter in volume.script:
@@ -352,17 +388,17 @@ class _Assembly:
     def _open(self, volume: Volume, chapter: ScriptChapter) -> None:
         path = volume.folder / "chapters" / f"{chapter_stem(chapter.number, chapter.title)}.flac"
         ids = [chunk.request.id for chunk in chapter.chunks]
-        texts = [chunk.request.text for chunk in chapter.chunks]
         assembler = ChapterAssembler(
             path,
             lambda index: self._load(ids[index]),
             [chunk.ends_paragraph for chunk in chapter.chunks],
             seed=chapter.number,
         )
-        self.open.append(assembler)
-        self.texts[assembler] = texts
-        for index, request_id in enumerate(ids):
-            self.where.setdefault(request_id, []).append((assembler, index, volume, chapter.number))
+        self.ids[assembler] = ids
+        for index, chunk in enumerate(chapter.chunks):
+            place = _Place(assembler, index, volume, chapter.number)
+            self.where.setdefault(chunk.request.id, []).append(place)
+            self.requests[chunk.request.id] = chunk.request
 
     def _load(self, request_id: str) -> Any:
         stored = self.journal.cached([request_id], self.quality)[request_id]
@@ -371,28 +407,89 @@ class _Assembly:
     def __call__(self, event: Progress) -> None:
         if event.event not in ("completed", "cached") or event.request_id is None:
             return
-        if self.error is not None:
+        if self.error is not None or event.request_id not in self.where:
             return
         try:
-            for assembler, index, volume, number in self.where.get(event.request_id, []):
-                assembler.ready(index)
-                if assembler.complete:
-                    made = assembler.commit()
-                    volume.chapters_written[number] = made.path
-                    volume.timings[number] = ChapterTiming(
-                        0.0,
-                        made.duration,
-                        [
-                            ChunkTiming(*assembler.spans[i], text)
-                            for i, text in enumerate(self.texts[assembler])
-                        ],
-                    )
-                    _write_subtitles(made.path, volume.timings[number])
+            if self._passes(event.request_id):
+                self.accept(event.request_id)
         except Exception as exc:  # reported after the run; the runner must not see it
             self.error = exc
 
+    def _passes(self, request_id: str) -> bool:
+        if self.gate is None:
+            return True
+        # Until a few chunks have shown the voice's pace, duration is judged only loosely
+        # (a tenth to ten times the prior): a voice may read faster or slower than the prior,
+        # and the tight band would reject it all; a chunk that loops to the cap still fails.
+        warm = len(self.pace) >= self.pace.min_chunks
+        settings = self.gate if warm else attrs.evolve(self.gate, min_pace=0.1, max_pace=10.0)
+        text = self.requests[request_id].text
+        verdict = check_chunk(self._load(request_id), text, settings, self.pace.seconds_per_char)
+        if verdict.ok:
+            if verdict.measures is not None:
+                self.pace.observe(verdict.measures)
+            return True
+        self.rejected[request_id] = verdict.reasons
+        return False
+
+    def accept(self, request_id: str) -> None:
+        for place in self.where[request_id]:
+            assembler = place.assembler
+            assembler.ready(place.index)
+            if assembler.complete:
+                self._commit(place)
+
+    def _commit(self, place: _Place) -> None:
+        made = place.assembler.commit()
+        place.volume.chapters_written[place.chapter] = made.path
+        texts = [self.requests[rid].text for rid in self.ids[place.assembler]]
+        chunks = [ChunkTiming(*place.assembler.spans[i], text) for i, text in enumerate(texts)]
+        timing = ChapterTiming(0.0, made.duration, chunks)
+        place.volume.timings[place.chapter] = timing
+        _write_subtitles(made.path, timing)
+
+    def retake(self, request_id: str, attempt: int) -> tuple[list[SpeechRequest], list[GateEvent]]:
+        """A new take (the next seed: a new request) for every chunk the rejected request
+        fills, and the gate's events for the rejected one."""
+        old = self.requests[request_id]
+        reasons = self.rejected.pop(request_id)
+        cost = self.journal.request_cost(request_id)
+        new = attrs.evolve(old, seed=old.seed + 1, id="")
+        events = []
+        for place in self.where[request_id]:
+            place.volume.takes[place.key] = place.volume.takes.get(place.key, 0) + 1
+            self.ids[place.assembler][place.index] = new.id
+            self.where.setdefault(new.id, []).append(place)
+            events.append(
+                GateEvent(place.chapter, place.key, request_id, attempt, reasons, cost, False)
+            )
+        self.requests[new.id] = new
+        return [new], events
+
+    def keep_flagged(self, attempt: int) -> list[GateEvent]:
+        """Out of retries: the last takes go into their chapters, flagged in the report."""
+        events = []
+        for request_id, reasons in list(self.rejected.items()):
+            cost = self.journal.request_cost(request_id)
+            for place in self.where[request_id]:
+                events.append(
+                    GateEvent(place.chapter, place.key, request_id, attempt, reasons, cost, True)
+                )
+            del self.rejected[request_id]
+            self.accept(request_id)
+        return events
+
+    def offsets(self, events: list[GateEvent]) -> list[GateEvent]:
+        """The events with where each chunk starts in its chapter, now that they are written."""
+        placed = []
+        for event in events:
+            place = next(p for p in self.where[event.request_id] if p.key == event.chunk)
+            span = place.assembler.spans.get(place.index)
+            placed.append(attrs.evolve(event, offset_s=span[0] if span else None))
+        return placed
+
     def abort_unfinished(self) -> None:
-        for assembler in self.open:
+        for assembler in self.ids:
             assembler.abort()
 
 
@@ -424,12 +521,15 @@ def _book_subtitles(volume: Volume) -> None:
         volume.outputs.append(str(path))
 
 
-def _generate(manager: CloudGPUManager, volumes: list[Volume], quiet: bool) -> RunResult:
+def _generate(
+    manager: CloudGPUManager, volumes: list[Volume], quiet: bool, gate: GateSettings | None
+) -> RunResult:
     requests = [r for volume in volumes for r in volume.requests]
     unique = {r.id: r for r in requests}
     plan = manager.plan(list(unique.values())[:1])  # fail fast when nothing is usable
-    assembly = _Assembly(manager, volumes, plan.quality)
+    assembly = _Assembly(manager, volumes, plan.quality, gate)
     label = volumes[0].book.title[:40] if len(volumes) == 1 else f"{len(volumes)} books"
+    events: list[GateEvent] = []
     try:
         with ProgressBar(len(unique), enabled=not quiet, label=label) as bar:
 
@@ -440,11 +540,43 @@ def _generate(manager: CloudGPUManager, volumes: list[Volume], quiet: bool) -> R
                 bar(event)
 
             result = asyncio.run(manager.synthesize(requests, progress=progress))
+            for attempt in range(1, (gate.max_retries if gate else 0) + 1):
+                if not assembly.rejected or assembly.error is not None:
+                    break
+                retakes: list[SpeechRequest] = []
+                for request_id in list(assembly.rejected):
+                    new, found = assembly.retake(request_id, attempt)
+                    retakes += new
+                    events += found
+                bar.bar.update(bar.task, total=bar.bar.tasks[0].total + len(retakes))
+                again = asyncio.run(manager.synthesize(retakes, progress=progress))
+                result = _merged(result, again)
+            if assembly.error is None:
+                events += assembly.keep_flagged((gate.max_retries if gate else 0) + 1)
     finally:
         assembly.abort_unfinished()
     if assembly.error is not None:
         raise assembly.error
+    for volume in volumes:
+        volume.gate_events = assembly.offsets([e for e in events if _of(volume, e, assembly)])
+        if volume.gate_events:
+            save_book(volume.folder, volume.book, volume.takes)  # the takes that were kept
     return result
+
+
+def _of(volume: Volume, event: GateEvent, assembly: _Assembly) -> bool:
+    return any(p.volume is volume for p in assembly.where[event.request_id])
+
+
+def _merged(first: RunResult, then: RunResult) -> RunResult:
+    failures = {k: [*first.failures.get(k, []), *v] for k, v in then.failures.items()}
+    return attrs.evolve(
+        first,
+        outcomes={**first.outcomes, **then.outcomes},
+        cost_usd=first.cost_usd + then.cost_usd,
+        failures={**first.failures, **failures},
+        budget_stopped=first.budget_stopped or then.budget_stopped,
+    )
 
 
 # --- encoding and the summary ----------------------------------------------------------------
@@ -576,6 +708,7 @@ def _report(volume: Volume, result: RunResult) -> dict[str, Any]:
         "outputs": volume.outputs,
         "notes": volume.notes,
         "loudness": volume.loudness,
+        "quality": quality_report(volume.gate_events),
         "acx_check": volume.acx,
         "skipped": [{"source": s.source, "reason": s.reason} for s in volume.book.skipped],
     }
@@ -591,6 +724,15 @@ def _print(report: dict[str, Any]) -> None:
         click.echo(f"  wrote {output}")
     for note in report["notes"]:
         click.echo(f"  {note}")
+    quality = report["quality"]
+    if quality["regenerated"] or quality["flagged"]:
+        click.echo(
+            f"  quality gate: {len(quality['regenerated'])} takes regenerated "
+            f"(${quality['regeneration_usd']:.4f}), {len(quality['flagged'])} chunks kept flagged"
+        )
+        for flagged in quality["flagged"]:
+            reasons = "; ".join(flagged["reasons"])
+            click.echo(f"    flagged chunk {flagged['chunk']}: {reasons}")
     for skipped in report["skipped"]:
         click.echo(scrub.scrub(f"  skipped {skipped['source']}: {skipped['reason']}"), err=True)
 
