@@ -31,7 +31,7 @@ from csm_offload import (
     hookimpl,
     wire,
 )
-from csm_offload.errors import TOO_LONG, TooLong
+from csm_offload.batches import check_batch
 from csm_offload.results import result_audio
 
 from . import answers, api, cost, protocol
@@ -105,18 +105,7 @@ async def health(target: Target, http: httpx.AsyncClient) -> Health:
 
 def _encode_batch(target: Target, batch: list[SpeechRequest]) -> bytes:
     """The job body, once the batch is known to fit the endpoint (else a typed error)."""
-    if not batch:
-        raise Rejected("an empty batch was submitted", target=target.name)
-    if len(batch) > LIMITS.max_batch:
-        message = f"{len(batch)} requests in one job; Modal targets take at most {LIMITS.max_batch}"
-        raise Rejected(message, target=target.name)
-    for request in batch:
-        if len(request.text) > LIMITS.max_text_chars:
-            raise TooLong(
-                f"{TOO_LONG}: request {request.id} has {len(request.text)} characters; split "
-                f"text into chunks of at most {LIMITS.max_text_chars}",
-                target=target.name,
-            )
+    check_batch(batch, LIMITS, target.name, "Modal targets")
     body = wire.dumps(BatchRequest(tuple(batch)))
     if len(body) > protocol.MAX_BODY_BYTES:
         raise Rejected(

@@ -37,7 +37,7 @@ from csm_offload import (
     hookimpl,
     wire,
 )
-from csm_offload.errors import TOO_LONG, TooLong
+from csm_offload.batches import check_batch
 from csm_offload.results import result_audio
 
 from . import cost, output, prediction
@@ -134,24 +134,6 @@ async def health(target: Target, http: httpx.AsyncClient) -> Health:
     return judged.judge(data, settings.model(), target.gpu)
 
 
-def _check_batch(target: Target, batch: list[SpeechRequest]) -> None:
-    if not batch:
-        raise Rejected("an empty batch was submitted", target=target.name)
-    if len(batch) > LIMITS.max_batch:
-        raise Rejected(
-            f"{len(batch)} requests in one prediction; Replicate targets take at most "
-            f"{LIMITS.max_batch} (lower the target's max_batch)",
-            target=target.name,
-        )
-    for request in batch:
-        if len(request.text) > LIMITS.max_text_chars:
-            raise TooLong(
-                f"{TOO_LONG}: request {request.id} has {len(request.text)} characters; "
-                f"split text into chunks of at most {LIMITS.max_text_chars}",
-                target=target.name,
-            )
-
-
 def create_body(settings: ReplicateSettings, batch: list[SpeechRequest]) -> bytes:
     """`{"version": ..., "input": {"batch": "<wire JSON>"}}` (a deployment sends no version)."""
     body: dict[str, Any] = {"input": {"batch": wire.dumps(BatchRequest(tuple(batch))).decode()}}
@@ -164,7 +146,7 @@ def create_body(settings: ReplicateSettings, batch: list[SpeechRequest]) -> byte
 @hookimpl
 async def submit(target: Target, batch: list[SpeechRequest], http: httpx.AsyncClient) -> JobHandle:
     settings = _settings(target)
-    _check_batch(target, batch)
+    check_batch(batch, LIMITS, target.name, "Replicate targets")
     body = create_body(settings, batch)
     if len(body) > MAX_INPUT_BYTES:
         raise Rejected(

@@ -38,7 +38,7 @@ from csm_offload import (
     hookimpl,
     wire,
 )
-from csm_offload.errors import TOO_LONG, TooLong
+from csm_offload.batches import check_batch
 from csm_offload.results import result_audio
 
 from . import api, cost
@@ -213,23 +213,6 @@ async def _recent(target: Target, http: httpx.AsyncClient, settings: RunPodSetti
 # --- submit / poll / decode / cancel --------------------------------------------------------
 
 
-def _check_batch(target: Target, batch: list[SpeechRequest]) -> None:
-    if not batch:
-        raise Rejected("an empty batch was submitted", target=target.name)
-    if len(batch) > LIMITS.max_batch:
-        raise Rejected(
-            f"{len(batch)} requests in one job; RunPod targets take at most {LIMITS.max_batch}",
-            target=target.name,
-        )
-    for request in batch:
-        if len(request.text) > LIMITS.max_text_chars:
-            raise TooLong(
-                f"{TOO_LONG}: request {request.id} has {len(request.text)} characters; "
-                f"split text into chunks of at most {LIMITS.max_text_chars}",
-                target=target.name,
-            )
-
-
 def _choose_route(settings: RunPodSettings, predicted_s: float, size: int, target: str) -> str:
     if size > api.RUNSYNC_MAX_BYTES:
         raise Rejected(
@@ -246,7 +229,7 @@ def _choose_route(settings: RunPodSettings, predicted_s: float, size: int, targe
 @hookimpl
 async def submit(target: Target, batch: list[SpeechRequest], http: httpx.AsyncClient) -> JobHandle:
     settings = _settings(target)
-    _check_batch(target, batch)
+    check_batch(batch, LIMITS, target.name, "RunPod targets")
     body = api.run_body(wire.dumps(BatchRequest(tuple(batch))))
     predicted = cost.predicted_seconds(batch, settings.seconds_per_char, settings.job_overhead_s)
     route = _choose_route(settings, predicted, len(body), target.name)

@@ -24,14 +24,13 @@ from csm_offload import (
     ProviderInfo,
     ProviderLimits,
     RateLimited,
-    Rejected,
     SpeechRequest,
     Target,
     TransientError,
     Unavailable,
     hookimpl,
 )
-from csm_offload.errors import TOO_LONG, TooLong
+from csm_offload.batches import check_batch
 from csm_offload.results import result_audio
 from csm_offload.worker_client import WorkerClient
 
@@ -139,23 +138,6 @@ def _is_it_serving(settings: ThunderSettings) -> str:
 # --- submit / poll / decode / cancel --------------------------------------------------------
 
 
-def _check_batch(target: Target, batch: list[SpeechRequest]) -> None:
-    if not batch:
-        raise Rejected("an empty batch was submitted", target=target.name)
-    if len(batch) > LIMITS.max_batch:
-        raise Rejected(
-            f"{len(batch)} requests in one job; a worker server takes at most {LIMITS.max_batch}",
-            target=target.name,
-        )
-    for request in batch:
-        if len(request.text) > LIMITS.max_text_chars:
-            raise TooLong(
-                f"{TOO_LONG}: request {request.id} has {len(request.text)} characters; the "
-                f"worker server takes at most {LIMITS.max_text_chars}",
-                target=target.name,
-            )
-
-
 async def _client(
     target: Target, http: httpx.AsyncClient, handle: JobHandle | None = None
 ) -> tuple[WorkerClient, str | None]:
@@ -173,7 +155,7 @@ async def _client(
 
 @hookimpl
 async def submit(target: Target, batch: list[SpeechRequest], http: httpx.AsyncClient) -> JobHandle:
-    _check_batch(target, batch)
+    check_batch(batch, LIMITS, target.name, "a worker server's targets")
     client, uuid = await _client(target, http)
     submitted_at = time.time()
     job = await client.submit(BatchRequest(tuple(batch)))
