@@ -20,6 +20,7 @@ from csm_offload.cli.synth import DEFAULT_CHUNK_CHARS
 from csm_offload.journal import Journal
 from csm_offload.model import SpeechRequest
 from csm_offload.output import AudioWriter
+from csm_offload.voices import load_voice, voice_request
 from tests.sim.runpod_cloud import SimulatedRunPod
 
 SIM_CONFIG = """
@@ -326,3 +327,22 @@ def test_memory_does_not_grow_with_the_length_of_the_text(
     assert long < long_audio / 4, (long, long_audio)
     meta = json.loads((workdir / "long.wav.json").read_text())
     assert meta["duration_s"] == pytest.approx(long_audio / 48_000, rel=0.01)
+
+
+def test_synth_in_a_given_voice(
+    sim: SimulatedRunPod, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    t = np.arange(5 * 24_000) / 24_000
+    clip = (0.2 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 2 * t))).astype(np.float32)
+    (workdir / "voice.wav").write_bytes(Audio(clip, 24_000).encode("wav"))
+    base = ("--config", "cfg.yaml", "synth", "Hello there. How are you?", "--quiet")
+    args = (*base, "--voice-prompt", "voice.wav", "--voice-text", "A short reference clip.")
+    assert cli(*args, "-o", "voiced.wav") == 0
+    voice = load_voice(workdir / "voice.wav", "A short reference clip.")
+    meta = json.loads((workdir / "voiced.wav.json").read_text())
+    assert [s["id"] for s in meta["segments"]] == [
+        voice_request(s["text"], voice).id for s in meta["segments"]
+    ]
+    capsys.readouterr()
+    assert cli(*base, "-o", "x.wav", "--voice-prompt", "voice.wav") == 2
+    assert "--voice-text" in capsys.readouterr().err

@@ -159,3 +159,21 @@ def voice_from_config(config: Config, name: str) -> Voice:
     except UserError as exc:
         key = "transcript" if "transcript" in str(exc) else "audio"
         raise config.error(("voices", name, key), str(exc)) from None
+
+
+def chosen_voice(
+    config: Config, name: str | None, prompt: str | None, text: str | None
+) -> Voice | None:
+    """The voice a command line names (`--voice NAME`) or gives (`--voice-prompt FILE` with
+    `--voice-text TEXT`); None when it gives neither."""
+    if name and prompt:
+        raise UserError("give --voice NAME or --voice-prompt FILE, not both")
+    if name:
+        return voice_from_config(config, name)
+    if prompt:
+        if not text:
+            raise UserError("--voice-prompt needs --voice-text: what the clip says, word for word")
+        return load_voice(prompt, text)
+    if text:
+        raise UserError("--voice-text goes with --voice-prompt FILE (the clip it transcribes)")
+    return None

@@ -50,7 +50,7 @@ from ..manager import CloudGPUManager, http_client
 from ..model import SpeechRequest
 from ..output import write_bytes_atomic
 from ..runner import Progress, RunResult
-from ..voices import Voice, load_voice, voice_from_config, voice_from_result
+from ..voices import Voice, chosen_voice, voice_from_result
 from .app import App, pass_app
 from .estimate import ask_health, price_rows, print_price_table
 from .synth import DEFAULT_CHUNK_CHARS, ProgressBar, route_options
@@ -142,7 +142,7 @@ def book_command(app: App, **opts: Any) -> None:
     check_output_dir(out)
     volumes = _volumes(opts, out)
     options = route_options(opts["cloud_gpu"], opts["local_audio"], opts["draft"])
-    voice = chosen_voice(app, opts["voice"], opts["voice_prompt"], opts["voice_text"])
+    voice = chosen_voice(app.config, opts["voice"], opts["voice_prompt"], opts["voice_text"])
     with CloudGPUManager(
         config=app.config, plugins=app.plugins, options=options, max_usd=opts["max_usd"]
     ) as manager:
@@ -242,21 +242,6 @@ def _plan(
     if not script:
         raise UserError(f"{volume.book.title}: the selected chapters have nothing to speak")
     volume.script = script
-
-
-def chosen_voice(app: App, name: str | None, prompt: str | None, text: str | None) -> Voice | None:
-    """The voice the user named (`--voice`), or gave (`--voice-prompt` with `--voice-text`)."""
-    if name and prompt:
-        raise UserError("give --voice NAME or --voice-prompt FILE, not both")
-    if name:
-        return voice_from_config(app.config, name)
-    if prompt:
-        if not text:
-            raise UserError("--voice-prompt needs --voice-text: what the clip says, word for word")
-        return load_voice(prompt, text)
-    if text:
-        raise UserError("--voice-text goes with --voice-prompt FILE (the clip it transcribes)")
-    return None
 
 
 def _auto_voice(

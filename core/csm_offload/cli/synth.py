@@ -43,6 +43,7 @@ from ..output import (
 from ..router import RouteOptions
 from ..runner import Progress, RunResult
 from ..scrub import scrub, scrub_data
+from ..voices import Voice, chosen_voice, voice_request
 from .app import App, pass_app
 
 #: Characters per request unless --max-chars says otherwise: about 15-20 s of speech, which CSM
@@ -152,7 +153,11 @@ def route_options(cloud_gpu: bool, local_audio: bool, draft: bool) -> RouteOptio
 
 
 def make_requests(
-    manager: CloudGPUManager, text: str, speaker: int, max_chars: int | None
+    manager: CloudGPUManager,
+    text: str,
+    speaker: int,
+    max_chars: int | None,
+    voice: Voice | None = None,
 ) -> list[SpeechRequest]:
     limit = manager.text_limit()
     size = min(limit, max_chars or DEFAULT_CHUNK_CHARS)
@@ -164,6 +169,8 @@ def make_requests(
             "the text has nothing to speak (only punctuation or invisible characters); give "
             "some words"
         )
+    if voice is not None:
+        return [voice_request(piece, voice) for piece in pieces]
     return [SpeechRequest(piece, speaker) for piece in pieces]
 
 
@@ -302,6 +309,9 @@ def _check_space(
 @click.argument("source")
 @click.option("-o", "--output", required=True, help="Audio file to write (.wav or .flac).")
 @click.option("--speaker", type=click.IntRange(0, 1_000), default=0, show_default=True)
+@click.option("--voice", help="A voice from the config's voices: section.")
+@click.option("--voice-prompt", type=click.Path(dir_okay=False), help="A 3-30 s reference clip.")
+@click.option("--voice-text", help="What the --voice-prompt clip says.")
 @click.option("--cloud-gpu", is_flag=True, help="Remote GPU targets only; fail if none usable.")
 @click.option("--local-audio", is_flag=True, help="Local targets only.")
 @click.option("--draft", is_flag=True, help="Use the free draft voice (eSpeak NG).")
@@ -319,6 +329,9 @@ def synth_command(
     source: str,
     output: str,
     speaker: int,
+    voice: str | None,
+    voice_prompt: str | None,
+    voice_text: str | None,
     cloud_gpu: bool,
     local_audio: bool,
     draft: bool,
@@ -330,11 +343,12 @@ def synth_command(
     _check_budget(max_usd)
     path, fmt = _check_output(output)
     text = read_text(source)
+    chosen = chosen_voice(app.config, voice, voice_prompt, voice_text)
     options = route_options(cloud_gpu, local_audio, draft)
     with CloudGPUManager(
         config=app.config, plugins=app.plugins, options=options, max_usd=max_usd
     ) as manager:
-        requests = make_requests(manager, text, speaker, max_chars)
+        requests = make_requests(manager, text, speaker, max_chars, chosen)
         plan = manager.plan(requests[:1])  # fail fast, before any work, when nothing is usable
         _check_space(manager, requests, plan.quality, path, fmt)
         with ProgressBar(len({r.id for r in requests}), enabled=not quiet) as bar:
