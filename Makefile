@@ -9,6 +9,7 @@ TORCH := torch==2.11.0 torchaudio==2.11.0
 # The worker image's pins constrain the test install, so the tests run what the image ships
 # (tests/test_runpod_deploy.py checks that they agree).
 WORKER_PINS := plugins/runpod/deploy/requirements.txt
+MODAL_PINS := plugins/modal/web-pins.txt
 
 .PHONY: demo test install-light install-all lint clean
 
@@ -23,7 +24,7 @@ install-light: $(BIN)/python
 # Everything, with the test tools and the local CSM engine (torch, torchaudio, transformers).
 install-all: $(BIN)/python
 	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -c $(WORKER_PINS) -e '.[test]' $(LIGHT_PLUGINS) -e plugins/local_csm -e examples/provider_acme -r tests/requirements.txt
+	$(PIP) install --quiet -c $(WORKER_PINS) -c $(MODAL_PINS) -e '.[test]' $(LIGHT_PLUGINS) -e plugins/local_csm -e examples/provider_acme -r tests/requirements.txt
 
 # README command one: the example book (three chapters of Markdown) into an M4B with chapter
 # marks, with whatever target is usable (on a fresh machine with no keys and no GPU that is the

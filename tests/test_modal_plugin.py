@@ -14,6 +14,7 @@ import json
 import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -571,3 +572,19 @@ def test_the_deployed_web_function_spawns_and_polls_with_timeout_0(
     }
     assert log == [("spawn", "Hi."), ("get", {"timeout": 0}), ("cancel",)]
     monkeypatch.delitem(sys.modules, "csm_offload_modal.app", raising=False)
+
+
+def test_the_install_constraints_hold_every_web_pin() -> None:
+    # `make install-all` constrains the test install with these files: a web pin missing from
+    # them floats to the newest release, and the image would ship what the tests never ran.
+    root = Path(__file__).resolve().parent.parent
+    files = ("plugins/runpod/deploy/requirements.txt", "plugins/modal/web-pins.txt")
+    constrained = {
+        line.split("==")[0].strip().lower(): line.split("==")[1].strip()
+        for name in files
+        for line in (root / name).read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    for pin in (*WEB_PINS, *ENGINE_PINS):
+        name, version = pin.split("==")
+        assert constrained.get(name.lower()) == version, f"{pin} is not in the install constraints"
