@@ -267,3 +267,21 @@ def test_any_pause_from_0_to_60_seconds_is_accepted(seconds: float) -> None:
 def test_a_bad_pause_names_the_fix(bad: object) -> None:
     with pytest.raises(UserError, match=r"must be 0 to 60 seconds.*such as 0.5"):
         Pauses(paragraph_s=bad)  # type: ignore[arg-type]
+
+
+def test_the_head_before_the_first_word_is_the_head_pause_however_the_chunk_opens(
+    tmp_path: Path,
+) -> None:
+    from csm_offload.book.quality import leading_silence_s
+
+    rate = 24_000
+    t = np.arange(rate) / rate
+    word = (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    for lead_s in (0.0, 0.3, 2.5):  # none, a breath, more than ACX allows
+        chunk = Audio(np.concatenate([np.zeros(int(lead_s * rate), np.float32), word]), rate)
+        path = tmp_path / f"lead-{lead_s}.flac"
+        with ChapterAssembler(path, lambda _i, c=chunk: c, [True]) as chapter:
+            chapter.ready(0)
+            chapter.commit()
+        made = Audio.decode(path.read_bytes())
+        assert leading_silence_s(made) == pytest.approx(Pauses().head_s, abs=0.021)

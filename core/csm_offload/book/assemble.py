@@ -24,6 +24,7 @@ import soundfile as sf
 from ..audio import CSM_SAMPLE_RATE, Audio
 from ..errors import UserError
 from ..output import AudioWriter, existing_ancestor
+from .quality import leading_silence_s
 from .roomtone import RoomTone
 
 #: Reads one chunk's audio (from the journal's store) by its index in the chapter.
@@ -201,13 +202,24 @@ class ChapterAssembler:
             self._writer.abort()
 
     def _write_chunk(self, index: int) -> None:
+        audio = self._load(index).resample(self.sample_rate)
         if index == 0:
-            self._add_tone(self._pauses.head_s)
+            audio, head = self._head(audio)
+            self._add_tone(head)
         else:
             self._add_tone(self._pauses.after(self._paragraph_ends[index - 1]))
         start = self._writer.frames
-        self._writer.add(self._load(index).resample(self.sample_rate))
+        self._writer.add(audio)
         self.spans[index] = (start / self.sample_rate, self._writer.frames / self.sample_rate)
+
+    def _head(self, first: Audio) -> tuple[Audio, float]:
+        """The first chunk, and the room tone before it: together exactly `head_s` of quiet
+        before the first word (ACX wants 0.5-1 s), however much silence the chunk opens with."""
+        lead = leading_silence_s(first)
+        if lead <= self._pauses.head_s:
+            return first, self._pauses.head_s - lead
+        cut = round((lead - self._pauses.head_s) * self.sample_rate)
+        return Audio(first.samples[cut:], first.sample_rate), 0.0
 
     def _to_flac(self) -> None:
         """The finished WAV, block by block, into the chapter's FLAC (temp, then renamed)."""

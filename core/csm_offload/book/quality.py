@@ -199,6 +199,13 @@ def _speech_frames(energy: np.ndarray, silence_dbfs: float) -> _Speech:
     return _Speech(int(starts[0]), int(ends[-1]), int(gaps.max(initial=0)), mean)
 
 
+def leading_silence_s(audio: Audio, silence_dbfs: float = -50.0) -> float:
+    """Seconds before the first 20 ms frame louder than `silence_dbfs`."""
+    frame = max(1, round(FRAME_S * audio.sample_rate))
+    speech = _speech_frames(frame_energies(audio.samples, frame), silence_dbfs)
+    return min(speech.first * frame, audio.frames) / audio.sample_rate
+
+
 def measure_chunk(
     audio: Audio, text: str, settings: GateSettings, seconds_per_char: float
 ) -> ChunkMeasures:
