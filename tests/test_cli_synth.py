@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -346,3 +347,44 @@ def test_synth_in_a_given_voice(
     capsys.readouterr()
     assert cli(*base, "-o", "x.wav", "--voice-prompt", "voice.wav") == 2
     assert "--voice-text" in capsys.readouterr().err
+
+
+SCRIPT = """Ana: Did the draft come out?
+Ben: It did, every chapter.
+Ana: And it cost nothing?
+---
+Ben: A second scene starts here.
+Ana: With its own history.
+"""
+
+
+def test_a_script_speaks_each_name_in_its_voice_scene_by_scene(
+    sim: SimulatedRunPod, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    t = np.arange(4 * 24_000) / 24_000
+    for name, pitch in (("ana", 220), ("ben", 130)):
+        clip = 0.2 * np.sin(2 * np.pi * pitch * t) * (1 + np.sin(2 * np.pi * 2 * t))
+        (workdir / f"{name}.wav").write_bytes(Audio(clip.astype(np.float32), 24_000).encode("wav"))
+    config = (workdir / "cfg.yaml").read_text() + (
+        "voices:\n"
+        "  Ana:\n    audio: ana.wav\n    transcript: Ana's reference line.\n    speaker: 3\n"
+        "  Ben:\n    audio: ben.wav\n    transcript: Ben's reference line.\n    speaker: 4\n"
+    )
+    (workdir / "cfg.yaml").write_text(config)
+    (workdir / "script.txt").write_text(SCRIPT)
+    args = ("--config", "cfg.yaml", "synth", "script.txt", "--script", "-o", "talk.wav")
+    assert cli(*args, "--quiet") == 0, capsys.readouterr().err
+    meta = json.loads((workdir / "talk.wav.json").read_text())
+    assert [s["text"] for s in meta["segments"]] == [
+        "Did the draft come out?",
+        "It did, every chapter.",
+        "And it cost nothing?",
+        "A second scene starts here.",
+        "With its own history.",
+    ]
+    # Three waves (the longest scene has three turns), five turns in all, each made once.
+    submitted = sim.stats()["submissions"]
+    assert len(submitted) == 5 and set(submitted.values()) == {1}
+    with sqlite3.connect(workdir / ".csm-offload" / "journal.sqlite3") as db:
+        speakers = dict(db.execute("SELECT text, speaker FROM requests").fetchall())
+    assert speakers["It did, every chapter."] == 4 and speakers["With its own history."] == 3

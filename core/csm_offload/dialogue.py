@@ -124,3 +124,25 @@ async def render_scenes(
         return done
 
     return list(await asyncio.gather(*(one(scene) for scene in scenes)))
+
+
+def render_in_waves(
+    scenes: Sequence[Scene],
+    voices: Mapping[str, Voice],
+    generate_all: Callable[[list[SpeechRequest]], Sequence[Audio | None]],
+    **fields: object,
+) -> list[list[Audio]]:
+    """Every turn's audio, by scene, through a batch generator: wave k holds the k-th turn of
+    every scene (scenes in parallel, one run each wave), and its audio is the context of wave
+    k+1. Stops early (fewer turns back) when a wave comes back incomplete."""
+    ids = speaker_ids(scenes, voices)
+    done: list[list[Audio]] = [[] for _ in scenes]
+    for index in range(max((len(s.turns) for s in scenes), default=0)):
+        live = [k for k, scene in enumerate(scenes) if index < len(scene.turns)]
+        wave = [turn_request(scenes[k], index, voices, done[k], ids, **fields) for k in live]
+        audios = list(generate_all(wave))
+        if any(audio is None for audio in audios):
+            break
+        for k, audio in zip(live, audios, strict=True):
+            done[k].append(audio)  # type: ignore[arg-type]
+    return done

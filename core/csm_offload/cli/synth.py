@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import attrs
 import click
 from rich.console import Console
 from rich.progress import (
@@ -26,8 +27,9 @@ from rich.progress import (
 )
 from rich.progress import Progress as Bar
 
-from ..audio import CHUNK_PAUSE_S, AudioFormat
+from ..audio import CHUNK_PAUSE_S, Audio, AudioFormat
 from ..chunking import chunk_text
+from ..dialogue import parse_script, render_in_waves, speaker_ids, turn_request
 from ..errors import BudgetExceeded, ProviderError, UserError
 from ..manager import CloudGPUManager
 from ..model import SpeechRequest
@@ -43,7 +45,7 @@ from ..output import (
 from ..router import RouteOptions
 from ..runner import Progress, RunResult
 from ..scrub import scrub, scrub_data
-from ..voices import Voice, chosen_voice, voice_request
+from ..voices import Voice, chosen_voice, voice_from_config, voice_request
 from .app import App, pass_app
 
 #: Characters per request unless --max-chars says otherwise: about 15-20 s of speech, which CSM
@@ -322,6 +324,12 @@ def _check_space(
     default=None,
     help=f"Characters per segment (default {DEFAULT_CHUNK_CHARS}, capped by the target).",
 )
+@click.option(
+    "--script",
+    "is_script",
+    is_flag=True,
+    help="SOURCE is a script of `Name: line` turns: each name in its voice, scenes in parallel.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @pass_app
 def synth_command(
@@ -337,6 +345,7 @@ def synth_command(
     draft: bool,
     max_usd: float | None,
     max_chars: int | None,
+    is_script: bool,
     quiet: bool,
 ) -> None:
     """Speak SOURCE (text, a UTF-8 file, or - for stdin) into OUTPUT through the router."""
@@ -348,12 +357,55 @@ def synth_command(
     with CloudGPUManager(
         config=app.config, plugins=app.plugins, options=options, max_usd=max_usd
     ) as manager:
+        if is_script:
+            result, requests = _speak_script(app, manager, text, source, quiet)
+            _report(result, requests, path, fmt)
+            return
         requests = make_requests(manager, text, speaker, max_chars, chosen)
         plan = manager.plan(requests[:1])  # fail fast, before any work, when nothing is usable
         _check_space(manager, requests, plan.quality, path, fmt)
         with ProgressBar(len({r.id for r in requests}), enabled=not quiet) as bar:
             result = asyncio.run(manager.synthesize(requests, progress=bar))
     _report(result, requests, path, fmt)
+
+
+def _speak_script(
+    app: App, manager: CloudGPUManager, text: str, source: str, quiet: bool
+) -> tuple[RunResult, list[SpeechRequest]]:
+    """A dialogue script: each named speaker in the voice of the same name in the config (if
+    any), each turn with the turns before it in its scene as context, the k-th turns of all
+    scenes in one run. Returns every turn's request in script order, and the runs' results."""
+    scenes = parse_script(text, source)
+    names = {turn.name for scene in scenes for turn in scene.turns}
+    voices = {n: voice_from_config(app.config, n) for n in sorted(names) if n in app.config.voices}
+    runs: list[RunResult] = []
+    total = sum(len(scene.turns) for scene in scenes)
+    with ProgressBar(total, enabled=not quiet, label="script") as bar:
+
+        def generate_all(wave: list[SpeechRequest]) -> list[Audio | None]:
+            done = asyncio.run(manager.synthesize(wave, progress=bar))
+            runs.append(done)
+            return [done.outcomes[r.id].audio if done.outcomes[r.id].ok else None for r in wave]
+
+        audio = render_in_waves(scenes, voices, generate_all)
+    result = runs[0]
+    for more in runs[1:]:
+        result = attrs.evolve(
+            result,
+            outcomes={**result.outcomes, **more.outcomes},
+            cost_usd=result.cost_usd + more.cost_usd,
+            failures={**result.failures, **more.failures},
+            budget_stopped=result.budget_stopped or more.budget_stopped,
+        )
+    ids = speaker_ids(scenes, voices)
+    requests = [
+        turn_request(scene, i, voices, audio[k][:i], ids)
+        for k, scene in enumerate(scenes)
+        for i in range(len(audio[k]))
+    ]
+    if len(requests) < total and result.ok:
+        raise ProviderError(f"only {len(requests)} of {total} turns were made\n{result.summary()}")
+    return result, requests
 
 
 def _write_output(
