@@ -350,3 +350,19 @@ def test_the_quality_gate_regenerates_and_flags(
     with registered(plugins, provider, "scripted"):
         assert cli(*args, "--max-retries", "2", "--no-quality-gate") == 0
     assert sum(provider.submitted.values()) == paid
+
+
+def test_every_chunk_of_a_parallel_book_carries_the_same_voice(
+    sim: SimulatedRunPod, tmp_path: Path
+) -> None:
+    t = np.arange(5 * 24_000) / 24_000
+    clip = 0.2 * np.sin(2 * np.pi * 170 * t) * (1 + np.sin(2 * np.pi * 2 * t))
+    (tmp_path / "narrator.wav").write_bytes(Audio(clip.astype(np.float32), 24_000).encode("wav"))
+    args = ("--config", "cfg.yaml", "book", "book.md", "-o", "out", "--quiet")
+    voice = ("--voice-prompt", "narrator.wav", "--voice-text", "This is how the narrator sounds.")
+    assert cli(*args, *voice) == 0
+    jobs = list(sim.cloud.jobs.values())
+    contexts = {r.context for job in jobs for r in job.batch.requests}
+    assert len(jobs) > 1 and len(contexts) == 1  # many jobs in parallel, one voice
+    ((prompt,),) = contexts
+    assert prompt.text == "This is how the narrator sounds."

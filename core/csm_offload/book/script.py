@@ -70,7 +70,12 @@ def build_script(
                 number,
                 index,
                 piece.ends_paragraph,
-                SpeechRequest(piece.text, speaker, seed=takes.get(f"{number}.{index}", 0)),
+                _request(
+                    piece.text,
+                    None if plain == f"{number}.{index}" else voice,
+                    speaker,
+                    takes.get(f"{number}.{index}", 0),
+                ),
             )
             for index, piece in enumerate(pieces, start=1)
         )

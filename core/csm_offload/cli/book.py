@@ -149,13 +149,16 @@ def book_command(app: App, **opts: Any) -> None:
         budget = min(manager.text_limit(), opts["max_chars"] or DEFAULT_CHUNK_CHARS)
         for volume in volumes:
             _plan(volume, opts, budget, voice)
+        auto = voice is None and not opts["no_auto_voice"]
         if opts["dry_run"]:
+            if auto:  # priced in the voice an earlier run set, when there is one (free)
+                _auto_voice(manager, volumes, opts, budget, generate=False)
             _dry_run(manager, volumes, opts["as_json"])
             return
         for volume in volumes:
             remove_stale_temps(volume.folder)
             save_book(volume.folder, volume.book, volume.takes)
-        if voice is None and not opts["no_auto_voice"]:
+        if auto:
             _auto_voice(manager, volumes, opts, budget)
         gate = None if opts["no_quality_gate"] else GateSettings(max_retries=opts["max_retries"])
         result = _generate(manager, volumes, quiet=opts["quiet"], gate=gate)
@@ -245,25 +248,45 @@ def _plan(
 
 
 def _auto_voice(
-    manager: CloudGPUManager, volumes: list[Volume], opts: dict[str, Any], budget: int
+    manager: CloudGPUManager,
+    volumes: list[Volume],
+    opts: dict[str, Any],
+    budget: int,
+    generate: bool = True,
 ) -> None:
     """With no voice given, CSM picks a different speaker for every chunk: the book's first
     chunk is generated once, alone, and its audio becomes every other chunk's prompt, so the
-    chunks still run in parallel in one voice. (The draft voice has one voice already.)"""
+    chunks still run in parallel in one voice. (The draft voice has one voice already.)
+    Without `generate`, only a first chunk the journal already holds sets the voice."""
     first = volumes[0].script[0].chunks[0]
-    if manager.plan([first.request]).quality != "csm":
+    quality = manager.plan([first.request]).quality
+    if quality != "csm":
         return
-    result = asyncio.run(manager.synthesize([first.request]))
-    outcome = result.outcomes[first.request.id]
-    audio = outcome.audio if outcome.ok else None
+    audio = _journaled(manager, first.request.id, quality)
+    if audio is None and generate:
+        result = asyncio.run(manager.synthesize([first.request]))
+        outcome = result.outcomes[first.request.id]
+        audio = outcome.audio if outcome.ok else None
+        if audio is None:
+            raise ProviderError(
+                f"the first sentence, generated to set the book's voice, failed "
+                f"({outcome.error}); give a voice with --voice, or --no-auto-voice\n"
+                f"{result.summary()}"
+            )
     if audio is None:
-        raise ProviderError(
-            f"the first sentence, generated to set the book's voice, failed ({outcome.error}); "
-            f"give a voice with --voice, or --no-auto-voice\n{result.summary()}"
-        )
+        return
     voice = voice_from_result(audio, first.request.text, first.request.speaker)
     for index, volume in enumerate(volumes):
         _plan(volume, opts, budget, voice, plain=first.key if index == 0 else None)
+
+
+def _journaled(manager: CloudGPUManager, request_id: str, quality: str) -> Any:
+    """A request's audio from the journal, without creating a journal that is not there."""
+    if not manager.journal_path.is_file():
+        return None
+    with Journal(manager.journal_path) as journal:
+        stored = journal.cached([request_id], quality).get(request_id)
+        return journal.load_audio(stored) if stored is not None else None
 
 
 # --- dry run ---------------------------------------------------------------------------------
