@@ -366,3 +366,16 @@ def test_every_chunk_of_a_parallel_book_carries_the_same_voice(
     assert len(jobs) > 1 and len(contexts) == 1  # many jobs in parallel, one voice
     ((prompt,),) = contexts
     assert prompt.text == "This is how the narrator sounds."
+
+
+def test_without_a_voice_the_first_chunk_becomes_everyones_prompt(
+    sim: SimulatedRunPod, tmp_path: Path
+) -> None:
+    assert cli("--config", "cfg.yaml", "book", "book.md", "-o", "out", "--quiet") == 0
+    requests = [r for job in sim.cloud.jobs.values() for r in job.batch.requests]
+    first = [r for r in requests if not r.context]
+    assert len(first) == 1  # generated once, alone, before the rest
+    contexts = {r.context for r in requests if r.context}
+    assert len(contexts) == 1 and len(requests) > 2
+    ((prompt,),) = contexts
+    assert prompt.text == first[0].text
