@@ -348,8 +348,14 @@ def test_the_quality_gate_regenerates_and_flags(
     }
     paid = sum(provider.submitted.values())
     with registered(plugins, provider, "scripted"):
-        assert cli(*args, "--max-retries", "2", "--no-quality-gate") == 0
+        assert cli(*args, "--max-retries", "2") == 0
     assert sum(provider.submitted.values()) == paid
+    again = json.loads((tmp_path / "out" / "report.json").read_text())["quality"]
+    assert list(again["kept_flagged"]) == ["2.2"] and not again["regenerated"]
+    # A redo of the flagged chunk judges its new take afresh.
+    with registered(plugins, provider, "scripted"):
+        assert cli(*args, "--max-retries", "0", "--redo", "2.2") == 0
+    assert sum(provider.submitted.values()) == paid + 1
 
 
 def test_every_chunk_of_a_parallel_book_carries_the_same_voice(

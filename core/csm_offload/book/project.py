@@ -47,8 +47,14 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(write_bytes_atomic(path, data), path)
 
 
-def save_book(folder: Path, book: Book, takes: dict[str, int]) -> None:
-    """The extracted book and its takes; text files first, the manifest that names them last."""
+def save_book(
+    folder: Path,
+    book: Book,
+    takes: dict[str, int],
+    flagged: dict[str, list[str]] | None = None,
+) -> None:
+    """The extracted book, its takes and the chunks kept flagged by the quality gate (with
+    their reasons); text files first, the manifest that names them last."""
     chapters = []
     for number, chapter in enumerate(book.chapters, start=1):
         text_file = f"text/{number:02d}.txt"
@@ -68,6 +74,7 @@ def save_book(folder: Path, book: Book, takes: dict[str, int]) -> None:
         "chapters": chapters,
         "skipped": [{"source": s.source, "reason": s.reason} for s in book.skipped],
         "takes": dict(sorted(takes.items())),
+        "flagged": dict(sorted((flagged or {}).items())),
     }
     _write(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
 
@@ -92,6 +99,16 @@ def load_takes(folder: Path) -> dict[str, int]:
     data = _manifest(folder)
     takes = data.get("takes", {}) if data else {}
     return {str(k): int(v) for k, v in takes.items() if isinstance(v, int) and v > 0}
+
+
+def load_flagged(folder: Path) -> dict[str, list[str]]:
+    """The chunks an earlier run kept after failing the quality gate, with the reasons: a rerun
+    keeps them as they are instead of paying for new takes again."""
+    data = _manifest(folder)
+    found = data.get("flagged", {}) if data else {}
+    if not isinstance(found, dict):
+        return {}
+    return {str(k): [str(r) for r in v] for k, v in found.items() if isinstance(v, list)}
 
 
 def load_book(folder: Path) -> Book:

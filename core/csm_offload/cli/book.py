@@ -27,6 +27,7 @@ from ..book.metadata import BookInfo, Cover
 from ..book.project import (
     chapter_stem,
     load_book,
+    load_flagged,
     load_takes,
     remove_stale_temps,
     safe_name,
@@ -67,6 +68,8 @@ class Volume:
     book: Book
     script: list[ScriptChapter] = attrs.field(factory=list)
     takes: dict[str, int] = attrs.field(factory=dict)
+    #: Chunks kept after failing the gate (this run or an earlier one), with the reasons.
+    flagged: dict[str, list[str]] = attrs.field(factory=dict)
     redone: list[str] = attrs.field(factory=list)
     chapters_written: dict[int, Path] = attrs.field(factory=dict)
     outputs: list[str] = attrs.field(factory=list)
@@ -157,7 +160,7 @@ def book_command(app: App, **opts: Any) -> None:
             return
         for volume in volumes:
             remove_stale_temps(volume.folder)
-            save_book(volume.folder, volume.book, volume.takes)
+            save_book(volume.folder, volume.book, volume.takes, volume.flagged)
         if auto:
             _auto_voice(manager, volumes, opts, budget)
         gate = None if opts["no_quality_gate"] else GateSettings(max_retries=opts["max_retries"])
@@ -222,7 +225,7 @@ def _volume(folder: Path, book: Book) -> Volume:
         reasons = "; ".join(f"{s.source}: {s.reason}" for s in book.skipped) or "no text found"
         raise UserError(f"{book.title}: nothing to narrate ({scrub.scrub(reasons)})")
     check_output_dir(folder)
-    return Volume(folder, book, takes=load_takes(folder))
+    return Volume(folder, book, takes=load_takes(folder), flagged=load_flagged(folder))
 
 
 def _plan(
@@ -241,6 +244,8 @@ def _plan(
     script = build()
     if opts["redo"] and not volume.redone:
         volume.redone = apply_redo(script, parse_redo(opts["redo"]), volume.takes)
+        for key in volume.redone:  # a new take is judged afresh
+            volume.flagged.pop(key, None)
         script = build()
     if not script:
         raise UserError(f"{volume.book.title}: the selected chapters have nothing to speak")
@@ -426,6 +431,8 @@ class _Assembly:
     def _passes(self, request_id: str) -> bool:
         if self.gate is None:
             return True
+        if all(p.key in p.volume.flagged for p in self.where[request_id]):
+            return True  # kept flagged by an earlier run: paying for it again would not help
         # Until a few chunks have shown the voice's pace, duration is judged only loosely
         # (a tenth to ten times the prior): a voice may read faster or slower than the prior,
         # and the tight band would reject it all; a chunk that loops to the cap still fails.
@@ -567,8 +574,9 @@ def _generate(
         raise assembly.error
     for volume in volumes:
         volume.gate_events = assembly.offsets([e for e in events if _of(volume, e, assembly)])
-        if volume.gate_events:
-            save_book(volume.folder, volume.book, volume.takes)  # the takes that were kept
+        volume.flagged.update({e.chunk: list(e.reasons) for e in volume.gate_events if e.kept})
+        if volume.gate_events:  # the takes that were kept, and the chunks kept flagged
+            save_book(volume.folder, volume.book, volume.takes, volume.flagged)
     return result
 
 
@@ -716,7 +724,7 @@ def _report(volume: Volume, result: RunResult) -> dict[str, Any]:
         "outputs": volume.outputs,
         "notes": volume.notes,
         "loudness": volume.loudness,
-        "quality": quality_report(volume.gate_events),
+        "quality": {**quality_report(volume.gate_events), "kept_flagged": volume.flagged},
         "acx_check": volume.acx,
         "skipped": [{"source": s.source, "reason": s.reason} for s in volume.book.skipped],
     }
