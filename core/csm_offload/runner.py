@@ -145,6 +145,18 @@ class RunResult:
     def failed(self) -> list[Outcome]:
         return [o for o in self.outcomes.values() if not o.ok]
 
+    def then(self, later: RunResult) -> RunResult:
+        """This run and a later one over more requests (a later outcome for the same request
+        wins), as one result: costs add up, failures are kept from both."""
+        failures = {k: [*self.failures.get(k, []), *v] for k, v in later.failures.items()}
+        return attrs.evolve(
+            self,
+            outcomes={**self.outcomes, **later.outcomes},
+            cost_usd=self.cost_usd + later.cost_usd,
+            failures={**self.failures, **failures},
+            budget_stopped=self.budget_stopped or later.budget_stopped,
+        )
+
     def summary(self) -> str:
         """One line per target: how often and why it failed."""
         parts = []

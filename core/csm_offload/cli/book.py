@@ -565,7 +565,7 @@ def _generate(
                     events += found
                 bar.bar.update(bar.task, total=bar.bar.tasks[0].total + len(retakes))
                 again = asyncio.run(manager.synthesize(retakes, progress=progress))
-                result = _merged(result, again)
+                result = result.then(again)
             if assembly.error is None:
                 events += assembly.keep_flagged((gate.max_retries if gate else 0) + 1)
     finally:
@@ -582,17 +582,6 @@ def _generate(
 
 def _of(volume: Volume, event: GateEvent, assembly: _Assembly) -> bool:
     return any(p.volume is volume for p in assembly.where[event.request_id])
-
-
-def _merged(first: RunResult, then: RunResult) -> RunResult:
-    failures = {k: [*first.failures.get(k, []), *v] for k, v in then.failures.items()}
-    return attrs.evolve(
-        first,
-        outcomes={**first.outcomes, **then.outcomes},
-        cost_usd=first.cost_usd + then.cost_usd,
-        failures={**first.failures, **failures},
-        budget_stopped=first.budget_stopped or then.budget_stopped,
-    )
 
 
 # --- encoding and the summary ----------------------------------------------------------------

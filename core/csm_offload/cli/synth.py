@@ -15,7 +15,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import attrs
 import click
 from rich.console import Console
 from rich.progress import (
@@ -390,13 +389,7 @@ def _speak_script(
         audio = render_in_waves(scenes, voices, generate_all)
     result = runs[0]
     for more in runs[1:]:
-        result = attrs.evolve(
-            result,
-            outcomes={**result.outcomes, **more.outcomes},
-            cost_usd=result.cost_usd + more.cost_usd,
-            failures={**result.failures, **more.failures},
-            budget_stopped=result.budget_stopped or more.budget_stopped,
-        )
+        result = result.then(more)
     ids = speaker_ids(scenes, voices)
     requests = [
         turn_request(scene, i, voices, audio[k][:i], ids)
