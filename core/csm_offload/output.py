@@ -85,19 +85,19 @@ def check_output_path(path: Path) -> None:
         )
     if not folder.is_dir():
         raise UserError(f"{folder} is a file, not a folder; choose an -o path in a folder")
-    # Permissions alone do not tell (a read-only mount, root, ACLs): try, as the writer will.
+    check_writable(folder, "choose an -o path in a folder you can write to")
+
+
+def check_writable(folder: Path, fix: str) -> None:
+    """Refuse, naming `fix`, a folder this process cannot create a file in. Permissions alone
+    do not tell (a read-only mount, root, ACLs): try, as the writers will."""
     probe = folder / f".csm-offload-probe.{os.getpid()}.{next(_serial)}.tmp"
     try:
         probe.open("xb").close()
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(
-                f"no space left in {folder}; free some space or choose another -o path"
-            ) from None
-        raise UserError(
-            f"cannot write to {folder} ({exc.strerror or exc}); choose an -o path in a folder "
-            "you can write to"
-        ) from None
+            raise UserError(f"no space left in {folder}; free some space or {fix}") from None
+        raise UserError(f"cannot write to {folder} ({exc.strerror or exc}); {fix}") from None
     finally:
         with contextlib.suppress(OSError):
             probe.unlink(missing_ok=True)

@@ -9,10 +9,7 @@ interrupted run leaves the last good chapter file, never half of a new one.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import math
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -23,7 +20,7 @@ import soundfile as sf
 
 from ..audio import CSM_SAMPLE_RATE, Audio
 from ..errors import UserError
-from ..output import AudioWriter, existing_ancestor
+from ..output import AudioWriter, check_writable, existing_ancestor
 from .quality import leading_silence_s
 from .roomtone import RoomTone
 
@@ -78,22 +75,7 @@ def check_output_dir(folder: Path) -> None:
             f"{here} is a file, not a folder, so {folder} cannot hold the book; choose another "
             "output folder or move that file away"
         )
-    # Permissions alone do not tell (read-only mounts, root, ACLs): try, as the writers will.
-    probe = here / f".csm-offload-probe.{os.getpid()}.tmp"
-    try:
-        probe.open("xb").close()
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(
-                f"no space left in {here}; free some space or choose another output folder"
-            ) from None
-        raise UserError(
-            f"cannot write to {here} ({exc.strerror or exc}); choose an output folder you can "
-            "write to"
-        ) from None
-    finally:
-        with contextlib.suppress(OSError):
-            probe.unlink(missing_ok=True)
+    check_writable(here, "choose an output folder you can write to")
 
 
 class ChapterAssembler:

@@ -20,6 +20,7 @@ import attrs
 import click
 
 from .. import scrub
+from ..audio import Audio
 from ..book import Book, loudness, read_book, read_url_groups, subtitles
 from ..book.assemble import ChapterAssembler, check_output_dir
 from ..book.encode import ChapterFile, encode_m4b, encode_mp3
@@ -393,6 +394,7 @@ class _Assembly:
         self.requests: dict[str, SpeechRequest] = {}
         self.ids: dict[ChapterAssembler, list[str]] = {}
         self.rejected: dict[str, tuple[str, ...]] = {}
+        self._last: tuple[str, Audio] | None = None
         self.error: BaseException | None = None
         for volume in volumes:
             for chapter in volume.script:
@@ -414,8 +416,13 @@ class _Assembly:
             self.requests[chunk.request.id] = chunk.request
 
     def _load(self, request_id: str) -> Any:
+        # The gate has usually just read this chunk: its chapter writes it at once if in order.
+        if self._last is not None and self._last[0] == request_id:
+            return self._last[1]
         stored = self.journal.cached([request_id], self.quality)[request_id]
-        return self.journal.load_audio(stored)
+        audio = self.journal.load_audio(stored)
+        self._last = (request_id, audio)  # one chunk held at most
+        return audio
 
     def __call__(self, event: Progress) -> None:
         if event.event not in ("completed", "cached") or event.request_id is None:
