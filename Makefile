@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
-LIGHT_PLUGINS := -e plugins/runpod -e plugins/thunder -e plugins/modal -e plugins/espeak -e plugins/replicate
+LIGHT_PLUGINS := -e plugins/runpod -e plugins/thunder -e plugins/modal -e plugins/espeak -e plugins/replicate -e plugins/worker
 # torchaudio's PyPI wheels need the torch build they were made with: pin both.
 TORCH := torch==2.11.0 torchaudio==2.11.0
 # The worker image's pins constrain the test install, so the tests run what the image ships
@@ -24,7 +24,7 @@ install-light: $(BIN)/python
 # Everything, with the test tools and the local CSM engine (torch, torchaudio, transformers).
 install-all: $(BIN)/python
 	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -c $(WORKER_PINS) -c $(MODAL_PINS) -e '.[test]' $(LIGHT_PLUGINS) -e plugins/local_csm -e examples/provider_acme -r tests/requirements.txt
+	$(PIP) install --quiet -c $(WORKER_PINS) -c $(MODAL_PINS) -e '.[test,postgres,s3]' $(LIGHT_PLUGINS) -e plugins/local_csm -e examples/provider_acme -r tests/requirements.txt
 
 # README command one: the example book (three chapters of Markdown) into an M4B with chapter
 # marks, with whatever target is usable (on a fresh machine with no keys and no GPU that is the

@@ -25,3 +25,18 @@ def registered(plugins: Plugins, plugin: Any, name: str) -> Iterator[bool]:
         yield ok
     finally:
         plugins.unregister(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One real PostgreSQL server on 127.0.0.1 for the session (tests/postgres.py)."""
+    from tests.postgres import running
+
+    with running() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_dsn(postgres_server: Any) -> str:
+    """A fresh, empty database on the session's PostgreSQL server."""
+    return str(postgres_server.create_database())

@@ -14,8 +14,10 @@ field typed as a number or a boolean converts it; a string or secret field keeps
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -73,14 +75,45 @@ class AudioSection:
     cloud_gpu: CloudGpu = CloudGpu()
 
 
+def _journal_spec(_instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    """A PostgreSQL URL must not carry its password: the config file is not the place for it
+    (it ends up in backups, diffs and screenshots); libpq reads PGPASSWORD or ~/.pgpass."""
+    if not value.startswith(("postgresql://", "postgres://")):
+        return
+    parts = urllib.parse.urlsplit(value)
+    if parts.password is not None or "password=" in parts.query:
+        raise ValueError(
+            f"{attribute.name}: the URL carries a password; remove it and set PGPASSWORD in "
+            "the environment or .env (or use ~/.pgpass)"
+        )
+
+
+def _lease(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not math.isfinite(value) or not 2.0 <= value <= 3600.0:
+        raise ValueError(f"{attribute.name}: must be 2 to 3600 seconds, got {value}")
+
+
+def _metrics_port(_instance: Any, attribute: attrs.Attribute, value: int | None) -> None:
+    if value is not None and not 1 <= value <= 65535:
+        raise ValueError(f"{attribute.name}: must be a port from 1 to 65535, got {value}")
+
+
 @attrs.frozen
 class RunSection:
     """How a run behaves: where the journal lives, the spending cap, health caching."""
 
-    journal: str = ".csm-offload/journal.sqlite3"
+    #: A path (the embedded SQLite journal) or a `postgresql://` URL (docs/operations.md).
+    journal: str = attrs.field(default=".csm-offload/journal.sqlite3", validator=_journal_spec)
     max_usd: float | None = None
     health_ttl_s: float = 60.0
     deadline_s: float = 3600.0
+    #: Where results' audio lives: a folder, or `s3://bucket/prefix`. Default: `audio/` beside
+    #: an SQLite journal, `.csm-offload/audio` with PostgreSQL (one machine only).
+    audio_store: str | None = None
+    #: How long a claim on a request outlives its holder's last sign of life (PostgreSQL).
+    lease_s: float = attrs.field(default=30.0, validator=_lease)
+    #: Serve Prometheus metrics on 127.0.0.1 at this port (off when unset).
+    metrics_port: int | None = attrs.field(default=None, validator=_metrics_port)
 
 
 @attrs.frozen

@@ -1,0 +1,119 @@
+"""A real PostgreSQL server for the tests: the binaries of the `pgserver` wheel (PyPI, in
+tests/requirements.txt), one throwaway cluster on 127.0.0.1, a fresh database per test.
+
+PostgreSQL refuses to run as root, and CI runs as root: the cluster then belongs to `nobody`.
+Unix sockets are off (`-k ''`): every client connects over TCP on loopback, as a client on
+another machine would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+
+
+def _bin_dir() -> Path:
+    """The wheel's binaries first; a system install (Debian's postgresql) otherwise."""
+    spec = importlib.util.find_spec("pgserver")
+    if spec is not None and spec.origin is not None:
+        bundled = Path(spec.origin).parent / "pginstall" / "bin"
+        if (bundled / "postgres").is_file():
+            return bundled
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "postgres").is_file():
+            return candidate
+    raise RuntimeError("no PostgreSQL binaries: pip install -r tests/requirements.txt")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class PostgresServer:
+    """One cluster in a temporary folder; `stop` removes it."""
+
+    def __init__(self, **settings: str) -> None:
+        self.bin = _bin_dir()
+        self.root = Path(tempfile.mkdtemp(prefix="csm-pg-"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self.settings = {"fsync": "off", "max_connections": "200", **settings}
+        self._user = "nobody" if os.geteuid() == 0 else None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def _run(self, *args: str) -> None:
+        subprocess.run(args, check=True, capture_output=True, user=self._user, timeout=60)
+
+    def start(self) -> PostgresServer:
+        # The cluster's owner must reach its folder: mkdtemp makes it 0700 for us.
+        self.root.chmod(0o755)
+        self.data.mkdir()
+        if self._user is not None:
+            shutil.chown(self.data, self._user)
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust")
+        options = [f"-c{key}={value}" for key, value in self.settings.items()]
+        command = [str(self.bin / "postgres"), "-D", str(self.data), "-h", "127.0.0.1"]
+        log = (self.root / "server.log").open("wb")
+        self._process = subprocess.Popen(
+            [*command, "-p", str(self.port), "-k", "", *options],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            user=self._user,
+        )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with psycopg.connect(self.dsn(), connect_timeout=2):
+                    return
+            except psycopg.OperationalError:
+                assert self._process is not None
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    log = (self.root / "server.log").read_text(errors="replace")
+                    raise RuntimeError(f"PostgreSQL did not start:\n{log[-2000:]}") from None
+                time.sleep(0.05)
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str | None = None) -> str:
+        """A new empty database; returns its DSN."""
+        name = name or f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.dsn(name)
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()  # a "smart" shutdown would wait for every client
+            try:
+                self._process.wait(20)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(5)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running(**settings: str) -> Iterator[PostgresServer]:
+    server = PostgresServer(**settings).start()
+    try:
+        yield server
+    finally:
+        server.stop()
