@@ -22,10 +22,10 @@ import hashlib
 import json
 import os
 import sqlite3
-import threading
 import time
+import urllib.parse
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -420,14 +420,22 @@ def _open(path: Path) -> _Guarded:
 class Journal:
     """One journal file (per project directory) and its audio store."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    #: Runs lock the file (`lock_for_run`), so no other live run shares it: nothing to claim.
+    #: `PgJournal` is shared by many runs at once.
+    shared = False
+
+    def __init__(self, path: str | os.PathLike[str], audio_store: str | None = None) -> None:
+        from .stores import open_store
+
         self.path = Path(path)
         self.audio_dir = self.path.parent / "audio"
+        self.store = open_store(audio_store, self.audio_dir, self.path)
         self.run_id = uuid.uuid4().hex[:12]
         self._lock: IO[str] | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.audio_dir.mkdir(parents=True, exist_ok=True)
+            if audio_store is None:
+                self.audio_dir.mkdir(parents=True, exist_ok=True)
             self.db = _open(self.path)
         except (OSError, sqlite3.Error) as exc:
             mapped = journal_error(exc, self.path)
@@ -436,6 +444,18 @@ class Journal:
             raise UserError(
                 f"cannot open the journal {self.path}: {exc}; set run.journal to a writable path"
             ) from None
+
+    def describe(self) -> str:
+        return f"journal {self.path}"
+
+    def claim(self, request_ids: Sequence[str], quality: str) -> list[str]:
+        """Every request is this run's: the file lock keeps other runs out."""
+        return list(request_ids)
+
+    def adopt(self, quality: str, request_ids: Sequence[str]) -> list[JobRow]:
+        """In-flight jobs of dead runs carrying any of `request_ids`, to be re-attached."""
+        wanted = set(request_ids)
+        return [row for row in self.in_flight(quality) if wanted.intersection(row.request_ids)]
 
     def lock_for_run(self) -> None:
         """Take the journal for one run at a time. Re-attaching treats unfinished jobs of
@@ -498,34 +518,22 @@ class Journal:
             ).fetchall()
             for row in rows:
                 stored = StoredResult(*row)
-                if self.audio_path(stored.audio_sha256).is_file():
+                if self.store.has(stored.audio_sha256):
                     found[stored.request_id] = stored
         return found
 
     def audio_path(self, sha: str) -> Path:
-        return self.audio_dir / sha[:2] / f"{sha}.flac"
+        return store_path(self.store, sha)
 
     def load_audio(self, stored: StoredResult) -> Audio:
         return read_stored_audio(self.audio_path(stored.audio_sha256))
 
     def put_audio(self, audio: Audio) -> str:
-        """Store audio by content (temp name, then rename); returns its SHA-256. Touches no
-        database, so it may run in a worker thread while the event loop goes on."""
+        """Store audio by content; returns its SHA-256. Touches no database, so it may run in
+        a worker thread while the event loop goes on."""
         data = audio.encode("flac")
         sha = hashlib.sha256(data).hexdigest()
-        path = self.audio_path(sha)
-        if path.is_file():
-            return sha
-        tmp = path.with_name(f".{sha}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            with _translated(self.path):
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp.write_bytes(data)
-                os.replace(tmp, path)
-        finally:
-            # A failed write (a full disk) must not leave half a file in the store.
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
+        self.store.put(sha, data)
         return sha
 
     def record_result(
@@ -726,3 +734,39 @@ class Journal:
             (request_id, ABANDONED),
         ).fetchone()
         return int(row[0])
+
+
+def store_path(store: Any, sha: str) -> Path:
+    """Where a stored result's audio is read: a folder store's file (no I/O, so results can be
+    handed out by path as they arrive), else the store's local copy (downloaded once)."""
+    path = getattr(store, "path", None)
+    return path(sha) if path is not None else store.local_path(sha)
+
+
+def is_postgres(spec: str | os.PathLike[str]) -> bool:
+    return str(spec).startswith(("postgresql://", "postgres://"))
+
+
+def describe_url(url: str) -> str:
+    """host:port/database of a PostgreSQL URL, for messages: never a password (none is
+    allowed in run.journal, and PGPASSWORD is never quoted)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{host}{port}{parts.path or '/'}"
+
+
+def open_journal(
+    spec: str | os.PathLike[str],
+    *,
+    audio_store: str | None = None,
+    lease_s: float = 30.0,
+    env: Mapping[str, str] | None = None,
+) -> Any:
+    """The journal `run.journal` names: an SQLite file, or a `postgresql://` database
+    (`csm_offload.pgjournal`, which needs the `postgres` extra)."""
+    if is_postgres(spec):
+        from .pgjournal import PgJournal
+
+        return PgJournal(str(spec), audio_store=audio_store, lease_s=lease_s, env=env)
+    return Journal(spec, audio_store)

@@ -23,11 +23,11 @@ from .audio import Audio, join_audio
 from .backoff import RetryPolicy
 from .breaker import Breakers
 from .chunking import chunk_text
-from .config import Config, load_config
+from .config import Config, load_config, load_env
 from .costmodel import LearnedCosts
 from .errors import ProviderError, UserError
 from .health import HealthCache
-from .journal import Journal
+from .journal import Journal, is_postgres, open_journal
 from .model import Segment, SpeechRequest
 from .plugins import Plugins, load_plugins
 from .router import Plan, RouteOptions, Router
@@ -75,17 +75,31 @@ class CloudGPUManager:
         )
         if max_usd is not None:
             self.settings = _with_budget(self.settings, max_usd)
-        self.journal_path = Path(journal or run.journal)
+        self.journal_spec = str(journal or run.journal)
+        #: The SQLite journal's file; with PostgreSQL, the local folder's stand-in name (for
+        #: messages and the default audio store beside it).
+        self.journal_path = (
+            Path(".csm-offload/journal.pg")
+            if is_postgres(self.journal_spec)
+            else Path(self.journal_spec)
+        )
+        self._journal: Journal | None = None
         self.router = Router(
             self.checks,
             cloud,
             HealthCache(run.health_ttl_s),
             Breakers(),
             SpeedBook(),
-            learned=LearnedCosts.from_path(self.journal_path),
+            learned=self._learned(),
             preference=prefer,
         )
-        self._journal: Journal | None = None
+
+    def _learned(self) -> LearnedCosts:
+        # The shared journal is opened now (it is used by every run anyway); the SQLite one is
+        # only read, so a command that never runs a job never creates a file.
+        if is_postgres(self.journal_spec):
+            return LearnedCosts.from_journal(self.journal)
+        return LearnedCosts.from_path(self.journal_path)
 
     @staticmethod
     def _select(checks: list[TargetCheck], names: Iterable[str] | None) -> list[TargetCheck]:
@@ -104,8 +118,21 @@ class CloudGPUManager:
     @property
     def journal(self) -> Journal:
         if self._journal is None:
-            self._journal = Journal(self.journal_path)
+            run = self.config.run
+            self._journal = open_journal(
+                self.journal_spec,
+                audio_store=run.audio_store,
+                lease_s=run.lease_s,
+                env=load_env([Path.cwd()]),
+            )
         return self._journal
+
+    def existing_journal(self) -> Journal | None:
+        """The journal if there is one already (a PostgreSQL journal always is): for
+        commands that only look (dry runs, estimates) and must not create a file."""
+        if is_postgres(self.journal_spec) or self.journal_path.is_file():
+            return self.journal
+        return None
 
     def close(self) -> None:
         if self._journal is not None:

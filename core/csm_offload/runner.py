@@ -85,6 +85,8 @@ class RunnerSettings:
     liveness: Liveness = attrs.field(factory=Liveness)
     #: Seconds a job orphaned by a dead target is still watched for a late result.
     orphan_poll_s: float = 10.0
+    #: Longest gap between two looks at requests another run of a shared journal holds.
+    claim_poll_s: float = 2.0
 
 
 @attrs.frozen
@@ -243,6 +245,11 @@ class Runner:
         )
         self.schedule = PollSchedule(self.speeds, times, self.rng)
         self._deadline = math.inf
+        self._plan: Plan | None = None
+        self._group: asyncio.TaskGroup | None = None
+        #: Requests claimed by another live run of a shared journal, by id.
+        self._waiting: dict[str, SpeechRequest] = {}
+        self._waiter: asyncio.Task[None] | None = None
 
     # --- the run --------------------------------------------------------------------------
 
@@ -259,7 +266,7 @@ class Runner:
         await health.refresh(
             self.router.pairs(), self.http, self.settings.health_timeout_s, only_stale=True
         )
-        plan = self.router.plan(unique or [SpeechRequest(text="")], self.options)
+        plan = self._plan = self.router.plan(unique or [SpeechRequest(text="")], self.options)
         self.journal.record_requests(unique)
         pending = self._take_cached(unique, plan.quality)
         health.start(self.router.pairs(), self.http)
@@ -293,7 +300,7 @@ class Runner:
         self.journal.abandon_unsent()
         by_id = {r.id: r for r in pending}
         tasks = []
-        for row in self.journal.in_flight(plan.quality):
+        for row in self.journal.adopt(plan.quality, list(by_id)):
             mine = [by_id.pop(rid) for rid in row.request_ids if rid in by_id]
             if mine:
                 tasks.append(self._reattach(row, mine, plan))
@@ -305,10 +312,57 @@ class Runner:
         # other batches and surfaces once, instead of leaving them to die at shutdown.
         try:
             async with asyncio.TaskGroup() as group:
+                self._group = group
                 for task in tasks:
                     group.create_task(task)
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
+        finally:
+            self._group = None
+
+    # --- requests another run holds (a shared journal) ----------------------------------------
+
+    def _leave_to_others(self, requests: Sequence[SpeechRequest], plan: Plan) -> None:
+        """Requests another live run claimed: wait for its results (or for its lease to run
+        out, and then take them over)."""
+        for request in requests:
+            self._waiting[request.id] = request
+        if self._waiter is None or self._waiter.done():
+            assert self._group is not None
+            self._waiter = self._group.create_task(self._wait_for_others(plan))
+
+    async def _wait_for_others(self, plan: Plan) -> None:
+        """Poll the journal for what other runs hold: their results are this run's too (free
+        here); requests whose holder died are re-attached (their jobs) or claimed and
+        submitted (the rest)."""
+        pause = min(1.0, self.settings.claim_poll_s)
+        while self._waiting:
+            await self._sleep(pause)
+            if time.monotonic() >= self._deadline:
+                waiting, self._waiting = list(self._waiting.values()), {}
+                self._fail_all(waiting, "the run's deadline passed waiting for another run")
+                return
+            self._take_others_results(plan.quality)
+            self._take_over(plan)
+            pause = min(pause * 1.5, self.settings.claim_poll_s)
+
+    def _take_others_results(self, quality: str) -> None:
+        for rid, stored in self.journal.cached(list(self._waiting), quality).items():
+            self._waiting.pop(rid, None)
+            path = self.journal.audio_path(stored.audio_sha256)
+            self._succeed(Outcome(rid, path, stored.target, stored.quality, cached=True))
+            self._emit("cached", rid, stored.target, "made by another run")
+
+    def _take_over(self, plan: Plan) -> None:
+        assert self._group is not None
+        for row in self.journal.adopt(plan.quality, list(self._waiting)):
+            mine = [self._waiting.pop(rid) for rid in row.request_ids if rid in self._waiting]
+            if mine:
+                self._group.create_task(self._reattach(row, mine, plan))
+        granted = self.journal.claim(list(self._waiting), plan.quality)
+        free = [self._waiting.pop(rid) for rid in granted]
+        for part in self._batches(plan, free) if free else []:
+            self._group.create_task(self._batch(_Batch(part), plan))
 
     def _batches(self, plan: Plan, rest: list[SpeechRequest]) -> list[list[SpeechRequest]]:
         """Batches of `_batch_size`, except the last job slot's worth of (shortest) requests,
@@ -470,6 +524,8 @@ class Runner:
         self, choice: Choice, part: list[SpeechRequest], batch: _Batch
     ) -> tuple[int, JobHandle, Hold]:
         target, provider = choice.target, choice.provider
+        if self.journal.shared:
+            self._claim(choice, part, batch)
         estimate = self.router.estimate(target, provider, part).usd
         reserved = self.budget.reserve(target.name, estimate)
         key = self.journal.begin_job(target.name, choice.quality, [r.id for r in part], estimate)
@@ -491,6 +547,20 @@ class Runner:
         self.journal.job_submitted(key, _journaled(handle))
         self._emit("submitted", part[0].id, target.name, f"{len(part)} requests")
         return key, handle, reserved
+
+    def _claim(self, choice: Choice, part: list[SpeechRequest], batch: _Batch) -> None:
+        """Claim `part` in a shared journal right before submitting it; what another live run
+        holds leaves this batch (`part` is trimmed in place) and is waited for instead."""
+        granted = set(self.journal.claim([r.id for r in part], choice.quality))
+        if len(granted) == len(part):
+            return
+        taken = [r for r in part if r.id not in granted]
+        part[:] = [r for r in part if r.id in granted]
+        batch.requests = [r for r in batch.requests if r.id not in {t.id for t in taken}]
+        assert self._plan is not None
+        self._leave_to_others(taken, self._plan)
+        if not part:
+            raise _Attempt("claimed by another run", blame=False)
 
     async def _submit_paced(self, choice: Choice, part: list[SpeechRequest]) -> JobHandle:
         """Submit at the target's pace; a 429 means "later", never "failed": the same

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..costmodel import LearnedCosts, error_pct
-from ..journal import Journal, TargetPricing
+from ..journal import Journal, TargetPricing, describe_url, is_postgres, open_journal
 from .app import App, pass_app
 
 
@@ -94,16 +94,18 @@ def _target_table(rows: list[dict[str, object]]) -> Table:
 def costs_command(app: App, journal_path: str | None, as_json: bool, by_target: bool) -> None:
     """Spend recorded in the journal, by target and UTC day (estimated and actual USD), and
     per target the estimates' error against what was paid."""
-    path = Path(journal_path or app.config.run.journal)
-    if not path.is_file():
+    spec = journal_path or app.config.run.journal
+    if not is_postgres(spec) and not Path(spec).is_file():
         if as_json:
             click.echo("[]")
         else:
-            click.echo(f"no journal at {path} yet: nothing has been spent through it")
+            click.echo(f"no journal at {spec} yet: nothing has been spent through it")
         return
-    with Journal(path) as journal:
+    run = app.config.run
+    with open_journal(spec, audio_store=run.audio_store, lease_s=run.lease_s) as journal:
         days = journal.spend_by_target_day()
         targets = _by_target(journal)
+    path = Path(spec) if not is_postgres(spec) else Path(describe_url(spec))
     if as_json:
         # The plain --json answer stays the by-day list that scripts already read.
         click.echo(json.dumps(targets if by_target else days, indent=2))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
 import click
@@ -18,7 +17,6 @@ from rich.console import Console
 from rich.table import Table
 
 from ..costmodel import split_basis
-from ..journal import Journal
 from ..manager import CloudGPUManager, http_client
 from ..model import SpeechRequest
 from .app import App, pass_app
@@ -29,12 +27,14 @@ def _batches(requests: list[SpeechRequest], size: int) -> list[list[SpeechReques
     return [requests[i : i + size] for i in range(0, len(requests), size)]
 
 
-def _already_done(path: Path, requests: list[SpeechRequest], quality: str) -> set[str]:
+def _already_done(
+    manager: CloudGPUManager, requests: list[SpeechRequest], quality: str
+) -> set[str]:
     """Segments the journal already holds (free on a rerun); never creates a journal."""
-    if not path.is_file():
+    journal = manager.existing_journal()
+    if journal is None:
         return set()
-    with Journal(path) as journal:
-        return set(journal.cached([r.id for r in requests], quality))
+    return set(journal.cached([r.id for r in requests], quality))
 
 
 async def ask_health(manager: CloudGPUManager) -> None:
@@ -58,7 +58,7 @@ def price_rows(manager: CloudGPUManager, unique: list[SpeechRequest]) -> list[di
             )
             continue
         info = check.provider.info
-        done = _already_done(manager.journal_path, unique, info.quality)
+        done = _already_done(manager, unique, info.quality)
         todo = [r for r in unique if r.id not in done]
         usd = seconds = 0.0
         basis = ""
