@@ -28,6 +28,8 @@ from .costmodel import LearnedCosts
 from .errors import ProviderError, UserError
 from .health import HealthCache
 from .journal import Journal, is_postgres, open_journal
+from .metrics import NULL as NULL_METRICS
+from .metrics import Metrics, MetricsServer, serve_metrics
 from .model import Segment, SpeechRequest
 from .plugins import Plugins, load_plugins
 from .router import Plan, RouteOptions, Router
@@ -58,9 +60,12 @@ class CloudGPUManager:
         max_usd: float | None = None,
         settings: RunnerSettings | None = None,
         prefer: Sequence[str] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         """`prefer`: target names in the caller's order of preference, ranked before price
-        as `audio.cloud_gpu.provider` is (and in its place)."""
+        as `audio.cloud_gpu.provider` is (and in its place). `metrics`: where runs count what
+        they do (a long-lived process passes its own); without it, `run.metrics_port` serves
+        this manager's own until `close`."""
         self.config = config if isinstance(config, Config) else load_config(config)
         self.plugins = plugins if plugins is not None else load_plugins()
         self.options = options or RouteOptions()
@@ -84,6 +89,11 @@ class CloudGPUManager:
             else Path(self.journal_spec)
         )
         self._journal: Journal | None = None
+        self._metrics_server: MetricsServer | None = None
+        self.metrics = metrics or NULL_METRICS
+        if metrics is None and run.metrics_port is not None:
+            self.metrics = Metrics()
+            self._metrics_server = serve_metrics(self.metrics, run.metrics_port)
         self.router = Router(
             self.checks,
             cloud,
@@ -135,6 +145,9 @@ class CloudGPUManager:
         return None
 
     def close(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+            self._metrics_server = None
         if self._journal is not None:
             self._journal.close()
             self._journal = None
@@ -161,7 +174,9 @@ class CloudGPUManager:
     ) -> RunResult:
         """Generate every request through the router; per-request errors are in the result."""
         async with http_client() as http:
-            runner = Runner(self.router, self.journal, http, self.settings, self.options)
+            runner = Runner(
+                self.router, self.journal, http, self.settings, self.options, metrics=self.metrics
+            )
             return await runner.run(requests, progress)
 
     def generate_speech(

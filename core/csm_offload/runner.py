@@ -46,6 +46,8 @@ from .errors import (
 )
 from .journal import JobRow, Journal
 from .liveness import Liveness, Overtaking
+from .metrics import KINDS, Metrics, kind_of
+from .metrics import NULL as NULL_METRICS
 from .model import JobHandle, JobState, JobStatus, SpeechRequest
 from .pacing import Pacer, Pacers
 from .polling import PollSchedule, PollTimes
@@ -180,10 +182,14 @@ class _Attempt(Exception):
     """One attempt on one target failed; `delay` is the backoff before the same target again.
     `blame` is False when the request, not the target, was at fault (a refusal)."""
 
-    def __init__(self, message: str, delay: float = 0.0, blame: bool = True) -> None:
+    def __init__(
+        self, message: str, delay: float = 0.0, blame: bool = True, kind: str = "other"
+    ) -> None:
         super().__init__(message)
         self.delay = delay
         self.blame = blame
+        #: The metrics' failure kind (`csm_offload.metrics.KINDS`) or retry reason.
+        self.kind = kind
 
 
 class _DecodeFailed(Exception):
@@ -215,8 +221,10 @@ class Runner:
         settings: RunnerSettings | None = None,
         options: RouteOptions | None = None,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.router = router
+        self.metrics = metrics or NULL_METRICS
         self.journal = journal
         self.http = http
         self.settings = settings or RunnerSettings()
@@ -245,6 +253,7 @@ class Runner:
         )
         self.schedule = PollSchedule(self.speeds, times, self.rng)
         self._deadline = math.inf
+        self._started = time.monotonic()
         self._plan: Plan | None = None
         self._group: asyncio.TaskGroup | None = None
         #: Requests claimed by another live run of a shared journal, by id.
@@ -261,6 +270,8 @@ class Runner:
         self._progress = progress
         self._total = len(unique)
         self._deadline = time.monotonic() + self.settings.deadline_s
+        self._started = time.monotonic()
+        self.metrics.watch_breakers(self._breaker_states)
         self.journal.lock_for_run()
         health = self.router.health
         await health.refresh(
@@ -282,6 +293,11 @@ class Runner:
             failures=self._failures,
             budget_stopped=self.budget.stopped,
         )
+
+    def _breaker_states(self) -> dict[str, str]:
+        """Read by the metrics server's thread at each scrape: plain reads, no awaits."""
+        names = [target.name for target, _provider in self.router.pairs()]
+        return {name: self.breakers.of(name).state.value for name in names}
 
     def _take_cached(self, unique: list[SpeechRequest], quality: str) -> list[SpeechRequest]:
         cached = self.journal.cached([r.id for r in unique], quality)
@@ -477,6 +493,7 @@ class Runner:
                 return
 
     def _rate_limited(self, choice: Choice, call: str, exc: RateLimited) -> float:
+        self.metrics.failure(choice.target.name, "rate_limited")
         wait = self._pacer(choice, call).rate_limited(exc.retry_after)
         self._emit("rate-limited", None, choice.target.name, f"{call}: waiting {wait:.1f} s")
         return wait
@@ -497,6 +514,7 @@ class Runner:
                 sent = time.monotonic()
                 key, handle, reserved = await self._submit(choice, part, batch)
                 self._in_flight += 1
+                self.metrics.in_flight(target.name, 1)
                 try:
                     status = await self._follow(choice, handle, key, part, (sent, time.monotonic()))
                 except _Orphaned:
@@ -504,13 +522,16 @@ class Runner:
                     raise
                 finally:
                     self._in_flight -= 1
+                    self.metrics.in_flight(target.name, -1)
             # The provider's work is over: the slot goes to the next batch while this one
             # decodes and journals its audio. Yielding once lets that batch send its
             # submission first, so a burst of completions does not delay the next jobs.
             await asyncio.sleep(0)
             await self._finish(choice, key, handle, status, part, batch, reserved)
         except _Attempt as exc:
+            self.metrics.retry(target.name, exc.kind)
             if exc.blame:
+                self.metrics.failure(target.name, exc.kind if exc.kind in KINDS else "other")
                 self._record_failure(target.name, str(exc))
                 breaker.failure(str(exc))
                 batch.failures[target.name] += 1
@@ -535,7 +556,8 @@ class Runner:
             self.journal.job_finished(key, jr.FAILED, actual_usd=0.0, error=str(exc))
             self.budget.release(reserved)
             self._rejected(part, batch, str(exc))
-            raise _Attempt(f"rejected: {exc}", blame=False) from None
+            self.metrics.failure(target.name, "rejected")
+            raise _Attempt(f"rejected: {exc}", blame=False, kind="rejected") from None
         except asyncio.CancelledError:
             # Interrupted mid-submit: the provider may have the job. The row stays
             # `submitting`, so the next run knows this submission's fate is unknown.
@@ -545,6 +567,7 @@ class Runner:
             self.budget.release(reserved)
             raise self._attempt_error(target.name, exc, batch) from None
         self.journal.job_submitted(key, _journaled(handle))
+        self.metrics.job_submitted(target.name, len(part), estimate)
         self._emit("submitted", part[0].id, target.name, f"{len(part)} requests")
         return key, handle, reserved
 
@@ -560,7 +583,7 @@ class Runner:
         assert self._plan is not None
         self._leave_to_others(taken, self._plan)
         if not part:
-            raise _Attempt("claimed by another run", blame=False)
+            raise _Attempt("claimed by another run", blame=False, kind="reattach")
 
     async def _submit_paced(self, choice: Choice, part: list[SpeechRequest]) -> JobHandle:
         """Submit at the target's pace; a 429 means "later", never "failed": the same
@@ -600,10 +623,10 @@ class Runner:
         attempt = batch.failures[target]
         if isinstance(exc, Unavailable):
             self.breakers.of(target).trip(str(exc))
-            return _Attempt(f"unavailable: {exc}")
+            return _Attempt(f"unavailable: {exc}", kind="unavailable")
         retry_after = exc.retry_after if isinstance(exc, TransientError) else None
         delay = retry_delay(attempt, retry_after, self.settings.retry, self.rng)
-        return _Attempt(_describe(exc), delay)
+        return _Attempt(_describe(exc), delay, kind=kind_of(exc))
 
     async def _call(self, awaitable: object) -> object:
         """Await a provider call, but never past the run's deadline."""
@@ -695,18 +718,18 @@ class Runner:
                 next_at = time.monotonic() + self._rate_limited(choice, "poll", exc)
                 continue
             except (JobLost, Rejected) as exc:
-                self.journal.job_finished(key, jr.FAILED, error=_describe(exc))
-                raise _Attempt(_describe(exc)) from None
+                self._job_over(target.name, key, handle, "lost", _describe(exc))
+                raise _Attempt(_describe(exc), kind=kind_of(exc)) from None
             except ResultUnusable as exc:
                 # Over, and nothing usable came of it: resubmit now, not after a backoff.
-                self.journal.job_finished(key, jr.FAILED, error=_describe(exc))
-                raise _Attempt(_describe(exc)) from None
+                self._job_over(target.name, key, handle, "failed", _describe(exc))
+                raise _Attempt(_describe(exc), kind="unusable") from None
             except Unavailable as exc:
                 # E.g. queued for minutes behind crash-looping workers: stop waiting, cancel
                 # (a queued job costs nothing) and let the batch fail over.
                 self.breakers.of(target.name).trip(str(exc))
                 await self._cancel(choice, handle, key, str(exc))
-                raise _Attempt(f"unavailable: {exc}") from None
+                raise _Attempt(f"unavailable: {exc}", kind="unavailable") from None
             except (ProviderError, WireError, httpx.HTTPError, TimeoutError) as exc:
                 errors += 1
                 now = time.monotonic()
@@ -716,7 +739,8 @@ class Runner:
                     raise self._orphan(choice, f"stopped answering: {_describe(exc)}") from None
                 if errors > self.settings.max_poll_errors:
                     await self._cancel(choice, handle, key, f"polling kept failing: {exc}")
-                    raise _Attempt(f"polling kept failing: {_describe(exc)}") from None
+                    kind = kind_of(exc)
+                    raise _Attempt(f"polling kept failing: {_describe(exc)}", kind=kind) from None
                 retry_after = exc.retry_after if isinstance(exc, TransientError) else None
                 next_at = now + max(
                     self.settings.poll_min_s,
@@ -768,14 +792,14 @@ class Runner:
             if isinstance(status, JobStatus) and status.state is JobState.COMPLETED:
                 return status
         why = f"stuck: queued {queued_s:.0f} s while {overtaken} later jobs finished"
-        self.journal.job_finished(key, jr.FAILED, error=f"cancelled: {why}")
-        raise _Attempt(why, blame=False)
+        self._job_over(choice.target.name, key, handle, "cancelled", f"cancelled: {why}")
+        raise _Attempt(why, blame=False, kind="stuck")
 
     def _orphan(self, choice: Choice, why: str) -> _Orphaned:
         """The target stopped answering: its job fails over now and is watched for a late
         result in the background (see `_watch`)."""
         self.breakers.of(choice.target.name).trip(why)
-        return _Orphaned(why)
+        return _Orphaned(why, kind="orphaned")
 
     async def _wait_for_poll(self, target: str, when: float) -> bool:
         """Sleep until `when`; before the target's first measurement, wake early when it comes
@@ -808,7 +832,13 @@ class Runner:
         """Best effort: a job we give up on should stop costing money."""
         with contextlib.suppress(Exception):
             await asyncio.wait_for(choice.provider.cancel(choice.target, handle, self.http), 10.0)
-        self.journal.job_finished(key, jr.FAILED, error=f"cancelled: {why}")
+        self._job_over(choice.target.name, key, handle, "cancelled", f"cancelled: {why}")
+
+    def _job_over(self, target: str, key: int, handle: JobHandle, how: str, error: str) -> None:
+        """A job ended without results (`how`, a metrics job state): journal and count it."""
+        self.journal.job_finished(key, jr.FAILED, error=error)
+        seconds = max(0.0, time.time() - handle.submitted_at)
+        self.metrics.job_finished(target, how, actual_usd=None, seconds=seconds)
 
     # --- finishing a job ------------------------------------------------------------------
 
@@ -834,6 +864,10 @@ class Runner:
                 queue_ms=status.queue_ms,
                 error=status.error or status.state.value,
             )
+            seconds = max(0.0, time.time() - handle.submitted_at)
+            self.metrics.job_finished(
+                choice.target.name, "failed", actual_usd=actual, seconds=seconds
+            )
             # The job is over: waiting would not change its answer, so resubmit at once (the
             # batch's retry count and the breaker still bound how often).
             message = f"job {status.state.value}: {status.error or 'no detail'}"
@@ -841,6 +875,10 @@ class Runner:
         kept, failed = await self._keep(choice, status, part, also)
         error = "; ".join(failed.values()) or None
         done = self._commit(choice, key, status, actual, kept, jr.COMPLETED, error, part)
+        seconds = max(0.0, time.time() - handle.submitted_at)
+        self.metrics.job_finished(
+            choice.target.name, "completed", actual_usd=actual, seconds=seconds
+        )
         batch.requests = [r for r in batch.requests if r.id not in done]
         split: set[str] = set()
         for request_id, error in failed.items():
@@ -866,7 +904,9 @@ class Runner:
             # results are final answers: resubmit at once.
             worker = any(e.startswith("worker error") for e in failed.values())
             delay = self._backoff(choice, batch) if worker else 0.0
-            raise _Attempt(next(iter(failed.values())), delay)
+            raise _Attempt(
+                next(iter(failed.values())), delay, kind="worker" if worker else "unusable"
+            )
 
     def _backoff(self, choice: Choice, batch: _Batch) -> float:
         attempt = batch.failures[choice.target.name]
@@ -1058,6 +1098,7 @@ class Runner:
         try:
             async with slot:
                 self._in_flight += 1
+                self.metrics.in_flight(choice.target.name, 1)
                 try:
                     status = await self._follow(choice, row.handle, row.key, part)
                 except _Orphaned:
@@ -1065,6 +1106,7 @@ class Runner:
                     raise
                 finally:
                     self._in_flight -= 1
+                    self.metrics.in_flight(choice.target.name, -1)
             also = frozenset(row.request_ids)
             await self._finish(choice, row.key, row.handle, status, part, batch, NOTHING, also)
         except _Attempt as exc:
@@ -1111,6 +1153,8 @@ class Runner:
         self._outcomes[outcome.request_id] = outcome
         self._done += 1
         self._cached += outcome.cached
+        seconds = time.monotonic() - self._started
+        self.metrics.chunk_done(outcome.target or "", seconds, outcome.cached)
 
     def _part_done(self, outcome: Outcome) -> None:
         """A part of a split request is in; when all are, their audio joined is the parent's

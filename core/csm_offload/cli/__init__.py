@@ -20,7 +20,9 @@ from .costs import costs_command
 from .doctor import doctor_command
 from .estimate import estimate_command
 from .info import config_group, plugins_command, providers_command
+from .queue import queue_command
 from .synth import synth_command
+from .worker import worker_command
 
 __all__ = ["App", "cli", "main", "pass_app"]
 
@@ -35,12 +37,19 @@ __all__ = ["App", "cli", "main", "pass_app"]
     help="Config file (default: ./csm-offload.yaml, else the built-in config).",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    envvar="CSM_OFFLOAD_METRICS_PORT",
+    help="Serve Prometheus metrics on 127.0.0.1 at this port (over run.metrics_port).",
+)
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
+def cli(ctx: click.Context, config_path: str | None, debug: bool, metrics_port: int | None) -> None:
     """Generate speech with Sesame CSM on the cheapest healthy GPU, local or in the cloud."""
     app = ctx.ensure_object(App)
     app.config_path = config_path
     app.debug = debug
+    app.metrics_port = metrics_port
 
 
 cli.add_command(plugins_command)
@@ -51,6 +60,8 @@ cli.add_command(estimate_command)
 cli.add_command(costs_command)
 cli.add_command(doctor_command)
 cli.add_command(book_command)
+cli.add_command(worker_command)
+cli.add_command(queue_command)
 
 
 def _register_plugin_commands(app: App) -> None:

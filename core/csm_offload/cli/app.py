@@ -14,6 +14,8 @@ from ..targets import TargetCheck, check_targets
 class App:
     config_path: str | None = None
     debug: bool = False
+    #: `--metrics-port`, over the config's run.metrics_port.
+    metrics_port: int | None = None
     _plugins: Plugins | None = None
     _config: Config | None = None
 
@@ -26,7 +28,11 @@ class App:
     @property
     def config(self) -> Config:
         if self._config is None:
-            self._config = load_config(self.config_path)
+            config = load_config(self.config_path)
+            if self.metrics_port is not None:
+                run = attrs.evolve(config.run, metrics_port=self.metrics_port)
+                config = attrs.evolve(config, run=run)
+            self._config = config
         return self._config
 
     def target_checks(self, config: Config | None = None) -> list[TargetCheck]:
