@@ -4,6 +4,8 @@
     python bench/orchestration.py --segments 2000 --workers 100 --job-seconds 2 --chars 50-250
     python bench/orchestration.py --segments 8000 --workers 200 --job-seconds 0.2 --rate-limits
     python bench/orchestration.py --segments 2000 --workers 100 --job-seconds 2 --client runpod-sdk
+    python bench/orchestration.py --segments 3000 --workers 100 --job-seconds 0.05 \
+        --max-batch 1 --in-flight 100 --unpaced --journal postgresql
 
 The simulator runs in its own process (so the figures are the client's alone) with W workers.
 Work is proportional to text: a segment of average length takes S worker seconds, a batch of
@@ -11,7 +13,10 @@ k segments the sum of theirs. `ideal_s` is the total work divided by W (or the l
 segment, if longer): what a client that never left a worker idle would take. With no
 `--max-batch` / `--in-flight`, the client runs on its built-in defaults (batch size and
 in-flight cap chosen from the endpoint's /health). `requests_per_job` counts every HTTP request
-the endpoint saw (submissions, polls, health checks, 429s) per job. Prints one JSON object.
+the endpoint saw (submissions, polls, health checks, 429s) per job. `--journal postgresql`
+keeps the journal in a PostgreSQL server of its own (tests/postgres.py: the pgserver wheel's
+binaries, on 127.0.0.1, fsync on) instead of an SQLite file; the client's CPU then includes
+the lease heartbeat's thread. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from csm_offload import Audio, BatchRequest, SpeechRequest, wire  # noqa: E402
 from csm_offload.breaker import Breakers  # noqa: E402
 from csm_offload.config import load_config_text  # noqa: E402
 from csm_offload.health import HealthCache  # noqa: E402
-from csm_offload.journal import Journal  # noqa: E402
+from csm_offload.journal import Journal, open_journal  # noqa: E402
 from csm_offload.manager import http_client  # noqa: E402
 from csm_offload.plugins import load_plugins  # noqa: E402
 from csm_offload.router import RouteOptions, Router  # noqa: E402
@@ -81,7 +86,7 @@ run:
     router = Router(checks, config.audio.cloud_gpu, HealthCache(60), Breakers(), SpeedBook())
     with (
         tempfile.TemporaryDirectory() as tmp,
-        Journal(Path(tmp) / "journal.sqlite3") as journal,
+        _journal(Path(tmp), args.journal_url) as journal,
     ):
         async with http_client() as http:
             runner = Runner(router, journal, http, RunnerSettings(), RouteOptions())
@@ -92,6 +97,12 @@ run:
         print(f"{failed} segments failed: {result.summary()}", file=sys.stderr)
     jobs = len(journal_jobs)
     return jobs, failed, runner.pacers.limited()
+
+
+def _journal(folder: Path, url: str | None) -> Journal:
+    if url is None:
+        return Journal(folder / "journal.sqlite3")
+    return open_journal(url, audio_store=str(folder / "audio"))
 
 
 def _overrides(args: argparse.Namespace) -> str:
@@ -153,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="the client ignores RunPod's published limits (to measure its own capacity)",
     )
+    parser.add_argument("--journal", choices=("sqlite", "postgresql"), default="sqlite")
     args = parser.parse_args(argv)
     if args.unpaced:
         import attrs
@@ -169,6 +181,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.rate_limits:
         options["rate_limits"] = "true"
     sim = SimulatedRunPod.spawn(**options)
+    server = None
+    args.journal_url = None
+    if args.journal == "postgresql":
+        from tests.postgres import PostgresServer
+
+        server = PostgresServer(fsync="on").start()
+        args.journal_url = server.create_database("bench")
     try:
         cpu0 = time.process_time()
         wall0 = time.monotonic()
@@ -181,11 +200,14 @@ def main(argv: list[str] | None = None) -> None:
         stats: dict[str, Any] = sim.stats()
     finally:
         sim.stop()
+        if server is not None:
+            server.stop()
     work = [n * spc for n in lengths]
     ideal = max(sum(work) / args.workers, max(work))
     http_requests = sum(stats["requests"].values())
     report = {
         "client": args.client,
+        "journal": args.journal,
         "route": args.route if args.client == "ours" else "run",
         "segments": args.segments,
         "chars": args.chars,

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import csm_offload_thunder as thunder
 import httpx
 import pytest
-from csm_offload_thunder import cost, instances, jobs, locate, server_health
+from csm_offload_thunder import cost, instances, locate, server_health
 from csm_offload_thunder.settings import ThunderSettings, check_url
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,6 +38,7 @@ from csm_offload import (
     WorkerInfo,
     wire,
 )
+from csm_offload import worker_jobs as jobs
 from csm_offload.breaker import Breakers
 from csm_offload.config import load_config_text
 from csm_offload.health import HealthCache

@@ -6,7 +6,8 @@ The protocol (wire format v1, JSON; see docs/worker-server.md):
 `GET /healthz` -> `WorkerHealth`. Errors are `{"error": "..."}` with an HTTP status.
 
 The client uses the `httpx.AsyncClient` it is given, never retries or sleeps, and raises the
-core's typed errors so the runner can decide.
+core's typed errors so the runner can decide. `check_url` is the one check of a server's URL
+that every provider talking to a worker server applies before its token is sent there.
 """
 
 from __future__ import annotations
@@ -25,6 +26,34 @@ from .wire import DEFAULT_LIMITS, WireLimits
 
 #: Seconds added to a long-poll's wait for the network and the server's own answer.
 _WAIT_SLACK_S = 10.0
+#: The longest the server holds a poll's answer (it caps `?wait=` at 60 s).
+MAX_POLL_WAIT_S = 60.0
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def is_loopback(url: str) -> bool:
+    """True when `url` names this machine, where a token in clear text crosses no network."""
+    return (urllib.parse.urlsplit(url).hostname or "") in _LOOPBACK
+
+
+def check_url(url: str, field: str) -> str:
+    """A worker server's base URL, normalised (no trailing slash): https, or plain http to this
+    machine only, since the bearer token would otherwise cross the network in clear text.
+    A refusal is a `ValueError` starting with `field`, which the config loader places."""
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"{field}: expected an https:// URL, got {url!r}")
+    if parts.username or parts.password:
+        raise ValueError(f"{field}: must not carry credentials; use the token settings")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{field}: must not have a query or fragment, got {url!r}")
+    if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
+        raise ValueError(
+            f"{field}: plain http is only allowed to 127.0.0.1 or localhost (the token would "
+            "travel unencrypted); use https:// (TLS in front of the server: a reverse proxy, "
+            "a tunnel, or Thunder's forwarded ports)"
+        )
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
 @attrs.frozen

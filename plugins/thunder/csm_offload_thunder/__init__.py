@@ -7,35 +7,30 @@ of a URL, to find the instance's state and forwarded URL. See docs/thunder.md.
 
 from __future__ import annotations
 
-import time
-
+import attrs
 import httpx
 
 from csm_offload import (
     Audio,
-    BatchRequest,
     CostEstimate,
     Health,
     JobHandle,
-    JobLost,
     JobStatus,
     PriceTable,
     ProviderError,
     ProviderInfo,
-    ProviderLimits,
     RateLimited,
     SpeechRequest,
     Target,
-    TransientError,
     Unavailable,
     hookimpl,
+    worker_jobs,
 )
 from csm_offload.batches import check_batch
 from csm_offload.results import result_audio
 from csm_offload.worker_client import WorkerClient
 
 from . import cost, locate
-from .jobs import JOB_ID, job_status
 from .server_health import worker_health
 from .settings import ThunderSettings
 
@@ -53,14 +48,8 @@ PRICES = PriceTable(
 DEFAULT_GPU = "A100 80GB"
 #: JobHandle.extra key: the uuid of the instance a job went to (targets named by instance).
 EXTRA_UUID = "instance_uuid"
-#: The worker server's defaults (`serve --max-batch 16 --max-text-chars 2000 --max-body-mb 32
-#: --result-ttl 600`).
-LIMITS = ProviderLimits(
-    max_batch=16,
-    max_text_chars=2_000,
-    max_request_bytes=32 * 1024 * 1024,
-    result_ttl_s=600.0,
-)
+#: The worker server's defaults, as for every target of a worker server.
+LIMITS = worker_jobs.LIMITS
 
 
 @hookimpl
@@ -155,38 +144,20 @@ async def _client(
 
 @hookimpl
 async def submit(target: Target, batch: list[SpeechRequest], http: httpx.AsyncClient) -> JobHandle:
+    # Checked before the client, which may ask Thunder's API where the instance is.
     check_batch(batch, LIMITS, target.name, "a worker server's targets")
     client, uuid = await _client(target, http)
-    submitted_at = time.time()
-    job = await client.submit(BatchRequest(tuple(batch)))
-    if not JOB_ID.fullmatch(job.id):
-        raise TransientError(
-            f"the worker server's answer has no usable job id ({job.id[:40]!r})",
-            target=target.name,
-        )
-    extra = {EXTRA_UUID: uuid} if uuid else {}
-    return JobHandle(target.name, job.id, tuple(r.id for r in batch), submitted_at, extra)
-
-
-def _lost(target: Target, handle: JobHandle) -> JobLost:
-    return JobLost(
-        f"the worker server no longer knows job {handle.job_id[:40]} (restarted, or the result "
-        "outlived its --result-ttl): it is submitted again",
-        target=target.name,
-    )
+    handle = await worker_jobs.submit_job(client, target, batch)
+    return attrs.evolve(handle, extra={EXTRA_UUID: uuid}) if uuid else handle
 
 
 @hookimpl
 async def poll(target: Target, handle: JobHandle, http: httpx.AsyncClient) -> JobStatus:
     settings = _settings(target)
-    if not JOB_ID.fullmatch(handle.job_id):
-        raise _lost(target, handle)
+    if not worker_jobs.JOB_ID.fullmatch(handle.job_id):
+        raise worker_jobs.lost(target, handle)  # before any call to Thunder's API
     client, _uuid = await _client(target, http, handle)
-    try:
-        job = await client.job(handle.job_id, wait=settings.poll_wait_s or None)
-    except JobLost:
-        raise _lost(target, handle) from None
-    return job_status(job, handle.request_ids)
+    return await worker_jobs.poll_job(client, target, handle, settings.poll_wait_s)
 
 
 @hookimpl
@@ -197,10 +168,7 @@ async def decode(target: Target, status: JobStatus, http: httpx.AsyncClient) -> 
 
 @hookimpl
 async def cancel(target: Target, handle: JobHandle, http: httpx.AsyncClient) -> None:
-    if not JOB_ID.fullmatch(handle.job_id):
+    if not worker_jobs.JOB_ID.fullmatch(handle.job_id):
         return  # no such job could have been made: nothing to cancel
     client, _uuid = await _client(target, http, handle)
-    try:
-        await client.cancel(handle.job_id)
-    except JobLost:
-        return  # already gone: cancelling it is done
+    await worker_jobs.cancel_job(client, handle)

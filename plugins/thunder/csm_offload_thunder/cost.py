@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from csm_offload import CostEstimate, PriceTable, SpeechRequest, Target
+from csm_offload import CostEstimate, PriceTable, SpeechRequest, Target, worker_jobs
 from csm_offload.costmodel import NOT_INCLUDED
 
 from .settings import ThunderSettings
@@ -37,7 +37,7 @@ def price_of(target: Target, prices: PriceTable, default_gpu: str | None) -> tup
 
 
 def predicted_seconds(batch: Sequence[SpeechRequest], settings: ThunderSettings) -> float:
-    return settings.job_overhead_s + settings.seconds_per_char * sum(len(r.text) for r in batch)
+    return worker_jobs.predicted_seconds(batch, settings.seconds_per_char, settings.job_overhead_s)
 
 
 def left_out(per_hour: float) -> str:

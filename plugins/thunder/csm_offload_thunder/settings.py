@@ -9,63 +9,24 @@ config loader turns into `file:line: key: ...`.
 
 from __future__ import annotations
 
-import math
 import re
-import urllib.parse
 from typing import Any
 
 import attrs
 
 from csm_offload import Secret
+from csm_offload.worker_client import check_url, is_loopback
+from csm_offload.worker_jobs import check_poll_wait, check_seconds, optional_secret
+
+__all__ = ["ThunderSettings", "check_url", "is_loopback"]
 
 DEFAULT_API_URL = "https://api.thundercompute.com:8443/v1"
 #: Where Thunder serves a forwarded port (docs: "Port Forwarding", `tnr ports list`).
 DEFAULT_FORWARDED_URL = "https://{uuid}-{port}.thundercompute.net"
-#: The longest a poll may hold its answer waiting for the job (the server caps `wait` at 60).
-MAX_POLL_WAIT_S = 60.0
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 #: An instance uuid becomes part of a host name: one DNS label, nothing that could end it.
 UUID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 #: `tnr status` names instances by a short id ("0"); its uuid is accepted too.
 INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-
-
-def _optional_secret(value: Any) -> Secret | None:
-    if value is None or isinstance(value, Secret):
-        return value
-    return Secret(str(value))
-
-
-def is_loopback(url: str) -> bool:
-    return (urllib.parse.urlsplit(url).hostname or "") in _LOOPBACK
-
-
-def check_url(url: str, field: str) -> str:
-    """An https URL without a trailing slash, or plain http to this machine only: the token
-    would otherwise cross the network in clear text."""
-    parts = urllib.parse.urlsplit(url.strip())
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ValueError(f"{field}: expected an https:// URL, got {url!r}")
-    if parts.username or parts.password:
-        raise ValueError(f"{field}: must not carry credentials; use the token settings")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{field}: must not have a query or fragment, got {url!r}")
-    if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
-        raise ValueError(
-            f"{field}: plain http is only allowed to 127.0.0.1 or localhost (the token would "
-            "travel unencrypted); use https:// (Thunder's forwarded ports are https)"
-        )
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
-
-
-def _seconds(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{attribute.name}: must be a finite number >= 0, got {value}")
-
-
-def _poll_wait(_instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not math.isfinite(value) or not 0 <= value <= MAX_POLL_WAIT_S:
-        raise ValueError(f"{attribute.name}: must be 0 to {MAX_POLL_WAIT_S:g} s, got {value}")
 
 
 def _port(_instance: Any, attribute: attrs.Attribute, value: int) -> None:
@@ -83,23 +44,23 @@ class ThunderSettings:
     #: The server's URL: its forwarded port, `https://<instance-uuid>-8000.thundercompute.net`.
     url: str | None = None
     #: The server's bearer token (`${CSM_OFFLOAD_WORKER_TOKEN}`); sent only to `url`.
-    worker_token: Secret | None = attrs.field(default=None, converter=_optional_secret)
+    worker_token: Secret | None = attrs.field(default=None, converter=optional_secret)
     #: The instance (`tnr status` id such as "0", or its uuid): its state and URL are found
     #: through Thunder's API with `api_token`.
     instance_id: str | None = None
     #: The VM port `serve` listens on and Thunder forwards.
     port: int = attrs.field(default=8000, validator=_port)
     #: Thunder's API token (`${TNR_API_TOKEN}`); sent only to `api_url`.
-    api_token: Secret | None = attrs.field(default=None, converter=_optional_secret)
+    api_token: Secret | None = attrs.field(default=None, converter=optional_secret)
     api_url: str = DEFAULT_API_URL
     #: Where a forwarded port is reached; `{uuid}` and `{port}` are filled in.
     forwarded_url: str = DEFAULT_FORWARDED_URL
     #: Predicted VM seconds per character of text, and per job, for estimates.
-    seconds_per_char: float = attrs.field(default=0.05, validator=_seconds)
-    job_overhead_s: float = attrs.field(default=1.0, validator=_seconds)
+    seconds_per_char: float = attrs.field(default=0.05, validator=check_seconds)
+    job_overhead_s: float = attrs.field(default=1.0, validator=check_seconds)
     #: A poll waits up to this long for the job to finish (the server's long-poll): the job's
     #: end is seen at once instead of at the next poll. 0 turns it off.
-    poll_wait_s: float = attrs.field(default=10.0, validator=_poll_wait)
+    poll_wait_s: float = attrs.field(default=10.0, validator=check_poll_wait)
 
     def __attrs_post_init__(self) -> None:
         if not self.url and not self.instance_id:
