@@ -255,3 +255,40 @@ def test_no_request_is_ever_held_by_two_live_runs(
         for run in runs:
             with contextlib.suppress(Exception):
                 run.close()
+
+
+def test_a_lost_server_mid_run_is_one_clear_error(tmp_path: Path) -> None:
+    from tests.postgres import running
+
+    with running() as server:
+        journal = _pg(server.create_database(), tmp_path)
+        journal.record_requests([SpeechRequest("Before the server went away.")])
+        server.stop()
+        with pytest.raises(JournalError, match="lost the PostgreSQL journal") as caught:
+            journal.record_requests([SpeechRequest("After.")])
+        assert "run again once the database is back" in str(caught.value)
+        journal.close()  # closing a journal whose server is gone does not raise
+
+
+def test_the_cli_names_an_unreachable_journal_and_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from csm_offload.cli import main
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CSM_OFFLOAD_LOAD_PLUGINS", "espeak")
+    (tmp_path / "cfg.yaml").write_text(
+        f"run:\n  journal: postgresql://team@127.0.0.1:{port}/books\n"
+    )
+    (tmp_path / "t.txt").write_text("Hello there.")
+    with pytest.raises(SystemExit) as exited:
+        main(["--config", "cfg.yaml", "synth", "t.txt", "-o", "o.wav", "--draft", "--quiet"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach the PostgreSQL journal 127.0.0.1:{port}/books" in err
+    assert "Traceback" not in err and not (tmp_path / "o.wav").exists()

@@ -175,6 +175,44 @@ def migrate(db: Any) -> int:
     return len(MIGRATIONS)
 
 
+class _Guarded:
+    """The connection, with a lost server turned into one clear `JournalError`: everything
+    written before is committed (write first, act second), so stopping is safe, and the next
+    run re-attaches what was in flight."""
+
+    def __init__(self, db: Any, url: str) -> None:
+        self._db, self._url = db, url
+        self._errors = (_psycopg().OperationalError, _psycopg().InterfaceError)
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        with self._translated():
+            return self._db.execute(sql, params)
+
+    def executemany(self, sql: str, rows: list[Any]) -> None:
+        with self._translated(), self._db.cursor() as cursor:
+            cursor.executemany(sql, rows)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._translated(), self._db.transaction():
+            yield
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except self._errors as exc:
+            reason = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else "closed")
+            raise JournalError(
+                f"lost the PostgreSQL journal {describe_url(self._url)} ({reason}); everything "
+                "done so far is kept: run again once the database is back, and jobs in flight "
+                "are re-attached"
+            ) from None
+
+
 class _Heartbeat:
     """Renews a run's lease from its own thread and connection, so a busy event loop (a long
     assembly) does not look like a dead run; a stopped or killed process stops renewing."""
@@ -228,7 +266,7 @@ class PgJournal:
         self._password = (env or {}).get("PGPASSWORD")
         self.store: AudioStore = open_store(audio_store, Path(local_dir) / "audio", self.path)
         self.audio_dir = Path(local_dir) / "audio"
-        self.db = connect(url, self._password)
+        self.db = _Guarded(connect(url, self._password), url)
         self._depth = 0
         self._heartbeat: _Heartbeat | None = None
         try:
@@ -343,8 +381,8 @@ class PgJournal:
         rows = [(r.id, r.text, r.speaker, len(r.text), now) for r in requests]
         if not rows:
             return
-        with self.transaction(), self.db.cursor() as cursor:
-            cursor.executemany(
+        with self.transaction():
+            self.db.executemany(
                 "INSERT INTO csm_requests VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 rows,
             )
