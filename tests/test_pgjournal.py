@@ -292,3 +292,19 @@ def test_the_cli_names_an_unreachable_journal_and_exits_2(
     err = capsys.readouterr().err
     assert f"cannot reach the PostgreSQL journal 127.0.0.1:{port}/books" in err
     assert "Traceback" not in err and not (tmp_path / "o.wav").exists()
+
+
+def test_a_released_claim_is_free_for_others_while_its_run_lives(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    one, two = _pg(pg_dsn, tmp_path), _pg(pg_dsn, tmp_path)
+    one.lock_for_run()
+    two.lock_for_run()
+    try:
+        assert one.claim(["gave-up", "kept"], "csm") == ["gave-up", "kept"]
+        one.release(["gave-up", "kept"], "draft")  # another quality: nothing released
+        one.release(["gave-up"], "csm")
+        assert two.claim(["gave-up", "kept"], "csm") == ["gave-up"]
+    finally:
+        one.close()
+        two.close()

@@ -452,6 +452,9 @@ class Journal:
         """Every request is this run's: the file lock keeps other runs out."""
         return list(request_ids)
 
+    def release(self, request_ids: Sequence[str], quality: str) -> None:
+        """Nothing to give up: no other run can be waiting."""
+
     def adopt(self, quality: str, request_ids: Sequence[str]) -> list[JobRow]:
         """In-flight jobs of dead runs carrying any of `request_ids`, to be re-attached."""
         wanted = set(request_ids)

@@ -346,6 +346,16 @@ class PgJournal:
         granted = {row[0] for row in rows}
         return [rid for rid in request_ids if rid in granted]
 
+    def release(self, request_ids: Sequence[str], quality: str) -> None:
+        """Give up claims on requests this run failed: another run may try them now, rather
+        than when this one ends."""
+        if request_ids:
+            self.db.execute(
+                "DELETE FROM csm_claims WHERE run_id = %s AND quality = %s "
+                "AND request_id = ANY(%s)",
+                (self.run_id, quality, list(request_ids)),
+            )
+
     def _renew(self) -> None:
         self.db.execute(
             "UPDATE csm_runs SET lease_until = clock_timestamp() + make_interval(secs => %s) "

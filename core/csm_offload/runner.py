@@ -1136,6 +1136,8 @@ class Runner:
 
     def _fail_all(self, requests: Sequence[SpeechRequest], error: str) -> None:
         error = scrub(error)
+        if self.journal.shared and self._plan is not None and requests:
+            self.journal.release([r.id for r in requests], self._plan.quality)
         for request in requests:
             # A part of a split request fails the request the user asked for.
             request_id = self.splits.root_of(request.id)
