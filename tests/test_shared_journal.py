@@ -96,9 +96,9 @@ def test_two_clients_on_the_same_text_split_the_work_without_duplicates(
 
 def _synth(workdir: Path, out: str, key: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "RUNPOD_API_KEY": key}
+    command = [*CLI, "--config", "cfg.yaml", "synth", "book.txt", "-o", out]
     return subprocess.Popen(
-        [*CLI, "--config", "cfg.yaml", "synth", "book.txt", "-o", out, "--quiet"]
-        + ["--max-chars", "60"],
+        [*command, "--quiet", "--max-chars", "60"],
         cwd=workdir,
         env=env,
         stdout=subprocess.PIPE,
@@ -158,3 +158,62 @@ def test_a_lease_that_expires_while_its_holder_is_only_slow_costs_nothing_twice(
         results = db.execute("SELECT COUNT(*) FROM csm_results").fetchone()[0]
     assert len(runs) == 2 and runs[1] in owners  # the second client re-attached jobs
     assert results == len(lines)
+
+
+def test_two_machines_share_results_through_the_journal_and_an_s3_store(
+    tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Machine B (its own folder, nothing on disk) finds machine A's results in the journal
+    and reads their audio from the bucket (moto's S3 server on loopback): nothing is made
+    twice and the audio is the same bytes."""
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    s3.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "AKIATESTTESTTEST",
+            "AWS_SECRET_ACCESS_KEY": "shared-journal-secret",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_CONFIG_FILE": str(tmp_path / "none"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+            "CSM_OFFLOAD_LOAD_PLUGINS": "runpod",
+        }.items():
+            monkeypatch.setenv(name, value)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="team-books")
+        requests = [SpeechRequest(f"Shared through a bucket, line {i}.") for i in range(6)]
+        outputs = {}
+        with SimulatedRunPod(workers=4, seconds_per_char=0.001) as sim:
+            monkeypatch.setenv("RUNPOD_API_KEY", sim.api_key)
+            config = _config(sim.url, pg_dsn, in_flight=4).replace(
+                "audio_store: shared-audio", "audio_store: s3://team-books/csm"
+            )
+            for machine in ("a", "b"):
+                (tmp_path / machine).mkdir()
+                monkeypatch.chdir(tmp_path / machine)
+                (tmp_path / machine / "cfg.yaml").write_text(config)
+                with CloudGPUManager(config="cfg.yaml") as manager:
+                    result = asyncio.run(manager.synthesize(requests))
+                assert result.ok
+                outputs[machine] = {
+                    rid: (o.cached, o.path.read_bytes())
+                    for rid, o in result.outcomes.items()
+                    if o.path is not None
+                }
+            stats = sim.stats()
+    finally:
+        s3.stop()
+    assert stats["generated_total"] == len(requests)
+    assert all(cached for cached, _audio in outputs["b"].values())
+    assert {rid: a for rid, (_c, a) in outputs["a"].items()} == {
+        rid: b for rid, (_c, b) in outputs["b"].items()
+    }
+    assert not (tmp_path / "b" / ".csm-offload" / "audio").exists()  # all from the bucket

@@ -260,7 +260,8 @@ class PgJournal:
         local_dir: Path = Path(".csm-offload"),
     ) -> None:
         self.url = url
-        self.path = Path(local_dir) / "journal.pg"  # messages and locks name the database
+        local_dir = Path(local_dir).absolute()  # a later chdir must not move the cache
+        self.path = local_dir / "journal.pg"  # messages and locks name the database
         self.lease_s = lease_s
         self.run_id = uuid.uuid4().hex[:12]
         self._password = (env or {}).get("PGPASSWORD")
