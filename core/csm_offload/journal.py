@@ -204,14 +204,57 @@ class TargetPricing:
 
 
 def _priced_by_target(db: sqlite3.Connection | _Guarded) -> list[TargetPricing]:
+    return pricing_table(db.execute(_PRICED_SQL))
+
+
+def pricing_table(rows: Iterable[Sequence[Any]]) -> list[TargetPricing]:
+    """(target, run_id, jobs, estimated, actual) per target and run, oldest run first, as
+    each target's pricing over all runs and in its latest run (either journal's rows)."""
     found: dict[str, TargetPricing] = {}
     # Runs come oldest first, so each target's last row is its latest run.
-    for target, run_id, jobs, estimated, actual in db.execute(_PRICED_SQL):
+    for target, run_id, jobs, estimated, actual in rows:
         run = Priced(int(jobs), float(estimated), float(actual))
         before = found.get(target)
         total = run if before is None else before.all_runs + run
         found[target] = TargetPricing(target, total, run_id, run)
     return [found[name] for name in sorted(found)]
+
+
+def spend_table(rows: Iterable[Sequence[Any]]) -> list[dict[str, object]]:
+    """(target, created_at, estimated, actual) per job as spend per UTC day and target."""
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+    for target, created, estimated, actual in rows:
+        day = dt.datetime.fromtimestamp(created, dt.UTC).date().isoformat()
+        entry = table.setdefault(
+            (day, target),
+            {"day": day, "target": target, "jobs": 0, "estimated_usd": 0.0, "actual_usd": 0.0},
+        )
+        entry["jobs"] += 1
+        entry["estimated_usd"] += float(estimated)
+        if actual is not None:
+            entry["actual_usd"] += float(actual)
+    return [table[key] for key in sorted(table)]
+
+
+def share_of_jobs(rows: Iterable[Sequence[Any]]) -> float:
+    """(actual_usd, requests in the job) per job that carried a request: its share."""
+    return sum(float(usd) / max(1, int(count)) for usd, count in rows)
+
+
+def job_row(row: Sequence[Any]) -> JobRow:
+    """A `JobRow` from (key, run_id, target, quality, request_ids JSON, state, handle JSON,
+    estimated, actual), as both journals select them."""
+    return JobRow(
+        key=int(row[0]),
+        run_id=row[1],
+        target=row[2],
+        quality=row[3],
+        request_ids=tuple(json.loads(row[4])),
+        state=row[5],
+        handle=_handle_from(row[6]),
+        estimated_usd=float(row[7]),
+        actual_usd=None if row[8] is None else float(row[8]),
+    )
 
 
 def read_finished_jobs(
@@ -632,20 +675,7 @@ class Journal:
             f"actual_usd FROM jobs WHERE {where} ORDER BY key",
             list(args),
         ).fetchall()
-        return [
-            JobRow(
-                key=row[0],
-                run_id=row[1],
-                target=row[2],
-                quality=row[3],
-                request_ids=tuple(json.loads(row[4])),
-                state=row[5],
-                handle=_handle_from(row[6]),
-                estimated_usd=row[7],
-                actual_usd=row[8],
-            )
-            for row in rows
-        ]
+        return [job_row(row) for row in rows]
 
     def in_flight(self, quality: str) -> list[JobRow]:
         """Jobs of other runs that were submitted and never finished: to be re-attached."""
@@ -693,21 +723,9 @@ class Journal:
 
     def spend_by_target_day(self) -> list[dict[str, object]]:
         """Spend per target and UTC day: jobs, estimated and actual dollars."""
-        rows = self.db.execute(
-            "SELECT target, created_at, estimated_usd, actual_usd FROM jobs"
-        ).fetchall()
-        table: dict[tuple[str, str], dict[str, object]] = {}
-        for target, created, estimated, actual in rows:
-            day = dt.datetime.fromtimestamp(created, dt.UTC).date().isoformat()
-            entry = table.setdefault(
-                (day, target),
-                {"day": day, "target": target, "jobs": 0, "estimated_usd": 0.0, "actual_usd": 0.0},
-            )
-            entry["jobs"] = int(entry["jobs"]) + 1  # type: ignore[call-overload]
-            entry["estimated_usd"] = float(entry["estimated_usd"]) + float(estimated)  # type: ignore[arg-type]
-            if actual is not None:
-                entry["actual_usd"] = float(entry["actual_usd"]) + float(actual)  # type: ignore[arg-type]
-        return [table[key] for key in sorted(table)]
+        return spend_table(
+            self.db.execute("SELECT target, created_at, estimated_usd, actual_usd FROM jobs")
+        )
 
     def finished_jobs(self, target: str | None = None, limit: int = 500) -> list[FinishedJob]:
         """The last `limit` completed jobs of `target` (of each target when None) that report
@@ -727,7 +745,7 @@ class Journal:
             "WHERE r.request_id = ? AND j.actual_usd IS NOT NULL",
             (request_id,),
         ).fetchall()
-        return sum(float(usd) / max(1, int(count)) for usd, count in rows)
+        return share_of_jobs(rows)
 
     def submissions_of(self, request_id: str) -> int:
         """How many jobs ever carried this request (for audits and tests)."""

@@ -18,7 +18,6 @@ synchronous call on the loop's thread costs less CPU than a hop through the even
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import os
 import socket
@@ -39,12 +38,14 @@ from .journal import (
     FinishedJob,
     JobRow,
     JournalError,
-    Priced,
     StoredResult,
     TargetPricing,
-    _handle_from,
     _handle_json,
     describe_url,
+    job_row,
+    pricing_table,
+    share_of_jobs,
+    spend_table,
     store_path,
 )
 from .model import JobHandle, SpeechRequest
@@ -379,7 +380,7 @@ class PgJournal:
                 f"RETURNING {_JOB_COLUMNS}",
                 (self.run_id, time.time(), list(request_ids), SUBMITTED, quality, self.run_id),
             ).fetchall()
-            adopted = [_job_row(row) for row in sorted(rows)]
+            adopted = [job_row(row) for row in sorted(rows)]
             carried = sorted({rid for job in adopted for rid in job.request_ids})
             if carried:
                 self.claim(carried, quality)
@@ -520,7 +521,7 @@ class PgJournal:
         rows = self.db.execute(
             f"SELECT {_JOB_COLUMNS} FROM csm_jobs WHERE {where} ORDER BY key", list(args)
         ).fetchall()
-        return [_job_row(row) for row in rows]
+        return [job_row(row) for row in rows]
 
     def in_flight(self, quality: str) -> list[JobRow]:
         """Submitted, unfinished jobs of dead runs (live runs' jobs are theirs to follow)."""
@@ -563,21 +564,9 @@ class PgJournal:
         return float(row[0])
 
     def spend_by_target_day(self) -> list[dict[str, object]]:
-        rows = self.db.execute(
-            "SELECT target, created_at, estimated_usd, actual_usd FROM csm_jobs"
-        ).fetchall()
-        table: dict[tuple[str, str], dict[str, Any]] = {}
-        for target, created, estimated, actual in rows:
-            day = dt.datetime.fromtimestamp(created, dt.UTC).date().isoformat()
-            entry = table.setdefault(
-                (day, target),
-                {"day": day, "target": target, "jobs": 0, "estimated_usd": 0.0, "actual_usd": 0.0},
-            )
-            entry["jobs"] += 1
-            entry["estimated_usd"] += float(estimated)
-            if actual is not None:
-                entry["actual_usd"] += float(actual)
-        return [table[key] for key in sorted(table)]
+        return spend_table(
+            self.db.execute("SELECT target, created_at, estimated_usd, actual_usd FROM csm_jobs")
+        )
 
     def finished_jobs(self, target: str | None = None, limit: int = 500) -> list[FinishedJob]:
         names = (
@@ -605,18 +594,13 @@ class PgJournal:
         return found
 
     def priced_by_target(self) -> list[TargetPricing]:
-        found: dict[str, TargetPricing] = {}
-        rows = self.db.execute(
-            "SELECT target, run_id, COUNT(*), SUM(estimated_usd), SUM(actual_usd) FROM csm_jobs "
-            "WHERE exec_ms IS NOT NULL AND actual_usd IS NOT NULL GROUP BY target, run_id "
-            "ORDER BY MAX(key)"
+        return pricing_table(
+            self.db.execute(
+                "SELECT target, run_id, COUNT(*), SUM(estimated_usd), SUM(actual_usd) "
+                "FROM csm_jobs WHERE exec_ms IS NOT NULL AND actual_usd IS NOT NULL "
+                "GROUP BY target, run_id ORDER BY MAX(key)"
+            )
         )
-        for target, run_id, jobs, estimated, actual in rows:
-            run = Priced(int(jobs), float(estimated), float(actual))
-            before = found.get(target)
-            total = run if before is None else before.all_runs + run
-            found[target] = TargetPricing(target, total, run_id, run)
-        return [found[name] for name in sorted(found)]
 
     def request_cost(self, request_id: str) -> float:
         rows = self.db.execute(
@@ -625,7 +609,7 @@ class PgJournal:
             "ON r.job_key = j.key WHERE r.request_id = %s AND j.actual_usd IS NOT NULL",
             (request_id,),
         ).fetchall()
-        return sum(float(usd) / max(1, int(count)) for usd, count in rows)
+        return share_of_jobs(rows)
 
     def submissions_of(self, request_id: str) -> int:
         row = self.db.execute(
@@ -634,17 +618,3 @@ class PgJournal:
             (request_id, ABANDONED),
         ).fetchone()
         return int(row[0])
-
-
-def _job_row(row: Sequence[Any]) -> JobRow:
-    return JobRow(
-        key=int(row[0]),
-        run_id=row[1],
-        target=row[2],
-        quality=row[3],
-        request_ids=tuple(json.loads(row[4])),
-        state=row[5],
-        handle=_handle_from(row[6]),
-        estimated_usd=float(row[7]),
-        actual_usd=None if row[8] is None else float(row[8]),
-    )
