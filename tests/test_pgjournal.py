@@ -308,3 +308,24 @@ def test_a_released_claim_is_free_for_others_while_its_run_lives(
     finally:
         one.close()
         two.close()
+
+
+def test_a_request_with_a_result_is_never_claimed_again(pg_dsn: str, tmp_path: Path) -> None:
+    """Another run may have planned it before its result came; its maker's claim may be gone
+    by the time that run gets to it: the result, not the claim, says it is done."""
+    maker, late = _pg(pg_dsn, tmp_path), _pg(pg_dsn, tmp_path)
+    maker.lock_for_run()
+    late.lock_for_run()
+    try:
+        request = SpeechRequest("Made once, wanted twice.")
+        maker.record_requests([request])
+        assert maker.claim([request.id], "csm") == [request.id]
+        stored = maker.store_result(request.id, "csm", "pod", None, _tone())
+        maker.close()  # its claims are released
+        assert late.claim([request.id, "other"], "csm") == ["other"]
+        # Its audio deleted (damaged, cleaned up): the row goes, and it may be made again.
+        maker.store.path(stored.audio_sha256).unlink()
+        assert late.cached([request.id], "csm") == {}
+        assert late.claim([request.id], "csm") == [request.id]
+    finally:
+        late.close()

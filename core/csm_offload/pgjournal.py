@@ -329,21 +329,24 @@ class PgJournal:
 
     def claim(self, request_ids: Sequence[str], quality: str) -> list[str]:
         """Claim requests before submitting them: returns those now this run's (free, already
-        ours, or held by a run whose lease ran out). The lease is renewed in the same
-        transaction, so a run that just woke from a long stall is alive again before it
-        claims, and takes nothing another run took from it meanwhile."""
+        ours, or held by a run whose lease ran out; never one that has a result). The lease is
+        renewed in the same transaction, so a run that just woke from a long stall is alive
+        again before it claims, and takes nothing another run took from it meanwhile."""
         if not request_ids:
             return []
         with self.transaction():
             self._renew()
             rows = self.db.execute(
+                # A request with a result is never claimed again: its claim may be gone
+                # (its maker ended) while this run still had it planned.
                 "INSERT INTO csm_claims AS c (request_id, quality, run_id) "
-                "SELECT unnest(%s::text[]), %s, %s "
+                "SELECT w.id, %s, %s FROM unnest(%s::text[]) AS w(id) WHERE NOT EXISTS "
+                "(SELECT 1 FROM csm_results d WHERE d.request_id = w.id AND d.quality = %s) "
                 "ON CONFLICT (request_id, quality) DO UPDATE SET run_id = EXCLUDED.run_id, "
                 "claimed_at = clock_timestamp() WHERE c.run_id = EXCLUDED.run_id OR NOT EXISTS "
                 f"(SELECT 1 FROM csm_runs r WHERE r.run_id = c.run_id AND {_ALIVE}) "
                 "RETURNING request_id",
-                (list(dict.fromkeys(request_ids)), quality, self.run_id),
+                (quality, self.run_id, list(dict.fromkeys(request_ids)), quality),
             ).fetchall()
         granted = {row[0] for row in rows}
         return [rid for rid in request_ids if rid in granted]
@@ -414,7 +417,16 @@ class PgJournal:
             # An object store's HEAD per result would cost a round trip each: its rows are
             # trusted (a deleted object is reported, by name, when it is read).
             return found
-        return {rid: s for rid, s in found.items() if self.store.has(s.audio_sha256)}
+        kept = {rid: s for rid, s in found.items() if self.store.has(s.audio_sha256)}
+        gone = [rid for rid in found if rid not in kept]
+        if gone:
+            # Audio deleted from the folder (damaged, or cleaned up): the row would keep the
+            # request from being claimed and made again, which is what a user deleting it asks.
+            self.db.execute(
+                "DELETE FROM csm_results WHERE quality = %s AND request_id = ANY(%s)",
+                (quality, gone),
+            )
+        return kept
 
     def audio_path(self, sha: str) -> Path:
         return store_path(self.store, sha)

@@ -581,7 +581,12 @@ class Runner:
         part[:] = [r for r in part if r.id in granted]
         batch.requests = [r for r in batch.requests if r.id not in {t.id for t in taken}]
         assert self._plan is not None
-        self._leave_to_others(taken, self._plan)
+        # Most often another run made them meanwhile: take those now, wait for the rest.
+        self._waiting.update((r.id, r) for r in taken)
+        self._take_others_results(choice.quality)
+        waiting = [r for r in taken if r.id in self._waiting]
+        if waiting:
+            self._leave_to_others(waiting, self._plan)
         if not part:
             raise _Attempt("claimed by another run", blame=False, kind="reattach")
 
