@@ -145,14 +145,16 @@ def load_book(folder: Path) -> Book:
 _TEMP = re.compile(r"\A\..+\.(\d+)\.\d+\.tmp\Z")
 
 
-def remove_stale_temps(folder: Path) -> int:
+def remove_stale_temps(folder: Path, *, every: bool = False) -> int:
     """Delete the temporary files a killed run left in the book's folders (their writer's
-    process is gone); returns how many. A live process's files are left alone."""
+    process is gone); returns how many. A live process's files are left alone, unless `every`:
+    the caller knows that no process writes there now (a queue's book whose chapters are all
+    made, whose writers may have been on other machines, where a pid says nothing)."""
     removed = 0
-    for sub in (folder, folder / "chapters", folder / "mp3", folder / "text"):
+    for sub in (folder, folder / "chapters", folder / "mp3", folder / "text", folder / "subtitles"):
         for path in sub.glob(".*.tmp") if sub.is_dir() else ():
             found = _TEMP.match(path.name)
-            if found is None or _alive(int(found.group(1))):
+            if found is None or (not every and _alive(int(found.group(1)))):
                 continue
             with contextlib.suppress(OSError):
                 path.unlink()
