@@ -25,11 +25,26 @@ from .app import App, pass_app
     default=None,
     help="Serve Prometheus metrics on 127.0.0.1 at this port (default: run.metrics_port).",
 )
+@click.option(
+    "--blas-threads",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Threads numpy/scipy's BLAS may use in this process (run one worker per core).",
+)
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @pass_app
-def worker_command(app: App, concurrency: int, metrics_port: int | None, quiet: bool) -> None:
+def worker_command(
+    app: App, concurrency: int, metrics_port: int | None, blas_threads: int, quiet: bool
+) -> None:
     """Process the book queue until stopped (SIGTERM or Ctrl-C finish the jobs in hand)."""
+    from threadpoolctl import threadpool_limits
+
     from ..queue.dsn import queue_dsn  # psycopg and procrastinate load only here
+
+    # A lone worker's BLAS would take every core for a while; two workers would then fight
+    # for them. One worker process per core, each on one thread, scales (bench/queue.py).
+    threadpool_limits(limits=blas_threads)
     from ..queue.work import WorkerContext
     from ..queue.worker import quiet_procrastinate, run_worker, worker_name
 
