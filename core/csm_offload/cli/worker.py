@@ -43,7 +43,7 @@ def worker_command(
     from ..queue.dsn import queue_dsn  # psycopg and procrastinate load only here
 
     # A lone worker's BLAS would take every core for a while; two workers would then fight
-    # for them. One worker process per core, each on one thread, scales (bench/queue.py).
+    # for them. One worker process per core, each on one thread, scales (bench/book_queue.py).
     threadpool_limits(limits=blas_threads)
     from ..queue.work import WorkerContext
     from ..queue.worker import quiet_procrastinate, run_worker, worker_name

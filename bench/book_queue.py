@@ -2,8 +2,8 @@
 worker` process, then by two, on this machine; prints one JSON object (never asserted in
 tests).
 
-    .venv/bin/python bench/queue.py                  # 8 books of 4 chapters, 1 vs 2 workers
-    .venv/bin/python bench/queue.py --books 2 --chapters 4 --hours 0.1
+    .venv/bin/python bench/book_queue.py                  # 8 books of 4 chapters, 1 vs 2 workers
+    .venv/bin/python bench/book_queue.py --books 2 --chapters 4 --hours 0.1
 
 The books are generated Markdown (bench/book.py's text: sentences of varied length with
 numbers). Every chunk is answered at once by the in-process instant provider
@@ -38,10 +38,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-# This file is named like the standard library's `queue` (which psycopg imports): its folder
-# goes to the end of the path, so that `queue` is the standard one and our siblings still load.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path += [str(ROOT), str(HERE)]  # tests.postgres: the throwaway server
+sys.path += [str(ROOT)]  # tests.postgres: the throwaway server
 
 from _instant_provider import KIND, InstantProvider  # noqa: E402
 from book import chapter_markdown  # noqa: E402
