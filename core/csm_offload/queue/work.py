@@ -65,7 +65,13 @@ class ChapterFailed(CsmOffloadError):
 
 def _manager(ctx: WorkerContext, options: BookOptions, max_usd: float | None) -> CloudGPUManager:
     routes = route_options(options.cloud_gpu, options.local_audio, options.draft)
-    return CloudGPUManager(config=ctx.config, plugins=ctx.plugins, options=routes, max_usd=max_usd)
+    return CloudGPUManager(
+        config=ctx.config,
+        plugins=ctx.plugins,
+        options=routes,
+        max_usd=max_usd,
+        metrics=ctx.metrics,  # the process's one Metrics (and its one server), never a new one
+    )
 
 
 def _volume(folder: Path) -> Volume:
