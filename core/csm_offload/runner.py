@@ -351,7 +351,9 @@ class Runner:
         """Poll the journal for what other runs hold: their results are this run's too (free
         here); requests whose holder died are re-attached (their jobs) or claimed and
         submitted (the rest)."""
-        pause = min(1.0, self.settings.claim_poll_s)
+        # The first look comes soon (what another run holds is often a job about to finish,
+        # or done already), later ones back off to claim_poll_s.
+        pause = min(0.05, self.settings.claim_poll_s)
         while self._waiting:
             await self._sleep(pause)
             if time.monotonic() >= self._deadline:
