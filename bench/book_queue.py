@@ -2,7 +2,7 @@
 worker` process, then by two, on this machine; prints one JSON object (never asserted in
 tests).
 
-    .venv/bin/python bench/book_queue.py                  # 12 books of 6 chapters, 1 vs 2 workers
+    .venv/bin/python bench/book_queue.py                  # 16 books of 6 chapters, 1 vs 2 workers
     .venv/bin/python bench/book_queue.py --books 2 --chapters 4 --hours 0.1
 
 The books are generated Markdown (bench/book.py's text: sentences of varied length with
@@ -160,7 +160,7 @@ def one_run(server: object, workers: int, args: argparse.Namespace) -> tuple[flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--books", type=int, default=12)
+    parser.add_argument("--books", type=int, default=16)
     parser.add_argument("--chapters", type=int, default=6)
     parser.add_argument("--chars", type=int, default=4_000, help="characters per chapter")
     parser.add_argument(
