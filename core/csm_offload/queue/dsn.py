@@ -11,8 +11,8 @@ import psycopg
 
 from ..config import Config
 from ..errors import UserError
+from ..journal import describe_url, is_postgres
 
-SCHEMES = ("postgresql://", "postgres://")
 #: Seconds to wait for the server before saying it cannot be reached.
 CONNECT_TIMEOUT_S = 10
 
@@ -20,7 +20,7 @@ CONNECT_TIMEOUT_S = 10
 def queue_dsn(config: Config) -> str:
     """The PostgreSQL URL the queue lives in, or a `UserError` naming the fix."""
     journal = config.run.journal
-    if not journal.startswith(SCHEMES):
+    if not is_postgres(journal):
         raise UserError(
             f"the queue needs a PostgreSQL journal, and run.journal is {journal!r}; set "
             "run.journal: postgresql://USER@HOST/DB in the config (every worker uses the same)"
@@ -28,17 +28,10 @@ def queue_dsn(config: Config) -> str:
     return journal
 
 
-def describe(dsn: str) -> str:
-    """The server and database of `dsn`, for messages (never a password: the config refuses
-    URLs that carry one)."""
-    info = psycopg.conninfo.conninfo_to_dict(dsn)
-    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
-
-
 def unreachable(dsn: str, exc: BaseException) -> UserError:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return UserError(
-        f"cannot reach the queue's PostgreSQL at {describe(dsn)} ({reason}); check that the "
+        f"cannot reach the queue's PostgreSQL at {describe_url(dsn)} ({reason}); check that the "
         "server runs and run.journal names it (password in PGPASSWORD or ~/.pgpass)"
     )
 
