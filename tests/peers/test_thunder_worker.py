@@ -19,8 +19,6 @@ import contextlib
 import json
 import os
 import re
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -52,6 +50,8 @@ from csm_offload.runner import Runner, RunnerSettings, RunResult
 from csm_offload.speed import SpeedBook
 from csm_offload.targets import check_targets
 from csm_offload.testing import ProviderConformance
+from tests.peers import serve_process
+from tests.peers.serve_process import free_port
 from tests.sim.runpod_cloud import SimulatedRunPod
 from tests.sim.thunder_api import SimulatedThunderApi
 
@@ -73,63 +73,11 @@ SETTINGS = RunnerSettings(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class Serve(serve_process.Serve):
+    """The worker server as a Thunder VM runs it, with this module's token."""
 
-
-class Serve:
-    """`csm-offload serve` with the tiny model on a loopback port, in a subprocess."""
-
-    def __init__(self, model: Path, log: Path, port: int | None = None, max_queue: int = 8):
-        self.model, self.log = model, log
-        self.port = port or free_port()
-        self.max_queue = max_queue
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Serve:
-        command = [sys.executable, "-m", "csm_offload", "serve", "--model", str(self.model)]
-        command += ["--device", "cpu", "--port", str(self.port)]
-        command += ["--max-queue", str(self.max_queue)]
-        env = {**os.environ, "CSM_OFFLOAD_WORKER_TOKEN": WORKER_TOKEN}
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
-        self.wait_healthy()
-        return self
-
-    def wait_healthy(self) -> dict[str, Any]:
-        deadline = time.monotonic() + START_S
-        while time.monotonic() < deadline:
-            assert self.process is not None and self.process.poll() is None, self.log.read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                return self.healthz()
-            time.sleep(0.1)
-        raise AssertionError(f"serve did not answer within {START_S:g} s")
-
-    def healthz(self) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {WORKER_TOKEN}"}
-        answer = httpx.get(f"{self.url}/healthz", headers=headers, timeout=2.0)
-        answer.raise_for_status()
-        return answer.json()
-
-    def kill(self) -> None:
-        """The VM's process dies at once (SIGKILL): every job it held is gone."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=20)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    def __init__(self, model: Path, log: Path, port: int | None = None, max_queue: int = 8) -> None:
+        super().__init__(model, log, WORKER_TOKEN, port=port, max_queue=max_queue, start_s=START_S)
 
 
 @pytest.fixture

@@ -14,11 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -46,6 +41,7 @@ from csm_offload.runner import Runner, RunnerSettings, RunResult
 from csm_offload.speed import SpeedBook
 from csm_offload.targets import check_targets
 from csm_offload.testing import ProviderConformance
+from tests.peers.serve_process import Serve
 
 pytest_plugins = ["tests.tiny_csm"]
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
@@ -62,62 +58,6 @@ SETTINGS = RunnerSettings(
     poll_min_s=0.05,
     deadline_s=240.0,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Serve:
-    """`csm-offload serve` with the tiny model on a loopback port, in a subprocess."""
-
-    def __init__(self, model: Path, log: Path, token: str) -> None:
-        self.model, self.log, self.token = model, log, token
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def launch(self) -> Serve:
-        command = [sys.executable, "-m", "csm_offload", "serve", "--model", str(self.model)]
-        command += ["--device", "cpu", "--host", "127.0.0.1", "--port", str(self.port)]
-        env = {**os.environ, "CSM_OFFLOAD_WORKER_TOKEN": self.token}
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
-        return self
-
-    def wait_healthy(self) -> dict[str, Any]:
-        deadline = time.monotonic() + START_S
-        while time.monotonic() < deadline:
-            assert self.process is not None and self.process.poll() is None, self.log.read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                return self.healthz()
-            time.sleep(0.1)
-        raise AssertionError(f"serve did not answer within {START_S:g} s")
-
-    def healthz(self) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {self.token}"}
-        answer = httpx.get(f"{self.url}/healthz", headers=headers, timeout=2.0)
-        answer.raise_for_status()
-        return answer.json()
-
-    def kill(self) -> None:
-        """The box's process dies at once (SIGKILL): every job it held is gone."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=20)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @attrs.frozen
@@ -152,8 +92,8 @@ BLOCK = """
 @pytest.fixture
 def fleet(tiny_csm_dir: Path, tmp_path: Path) -> Iterator[Fleet]:
     boxes = Fleet(
-        Serve(tiny_csm_dir, tmp_path / "cheap.log", CHEAP_TOKEN),
-        Serve(tiny_csm_dir, tmp_path / "dear.log", DEAR_TOKEN),
+        Serve(tiny_csm_dir, tmp_path / "cheap.log", CHEAP_TOKEN, start_s=START_S),
+        Serve(tiny_csm_dir, tmp_path / "dear.log", DEAR_TOKEN, start_s=START_S),
     )
     try:
         # Both load the model at once: the fleet is up in the time of the slower one.
