@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import sqlite3
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from tests.scripted_provider import (
     tone_for,
 )
 from tests.test_runner import FAST
+from tests.test_stores import WRITE_FAILURES, half_writes
 
 CONFIG = """
 providers:
@@ -312,16 +312,7 @@ def test_a_full_disk_under_the_journal_is_one_sentence(tmp_path: Path) -> None:
     assert info.value.exit_code == 2
 
 
-@pytest.mark.parametrize(
-    ("error", "kind", "message"),
-    [
-        (OSError(errno.ENOSPC, "No space left on device"), JournalFull, "no space left"),
-        (OSError(errno.EDQUOT, "Disk quota exceeded"), JournalFull, "no space left"),
-        (PermissionError(errno.EACCES, "Permission denied"), JournalError, "cannot write"),
-        (OSError(errno.EIO, "Input/output error"), JournalError, "failed a read or write"),
-        (OSError(errno.ENAMETOOLONG, "File name too long"), OSError, "File name too long"),
-    ],
-)
+@pytest.mark.parametrize(("error", "kind", "message"), WRITE_FAILURES)
 def test_a_failed_audio_write_leaves_no_tmp_file(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -329,14 +320,8 @@ def test_a_failed_audio_write_leaves_no_tmp_file(
     kind: type[Exception],
     message: str,
 ) -> None:
-    real = Path.write_bytes
-
-    def failing(self: Path, data: bytes) -> int:
-        real(self, data[: len(data) // 2])  # half written, as a full disk leaves it
-        raise error
-
     with Journal(tmp_path / "journal.sqlite3") as journal:
-        monkeypatch.setattr(Path, "write_bytes", failing)
+        half_writes(monkeypatch, error)
         with pytest.raises(kind, match=message):
             journal.put_audio(tone_for(SpeechRequest("lost")))
         monkeypatch.undo()

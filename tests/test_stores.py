@@ -107,7 +107,7 @@ def test_a_sha_that_is_not_one_is_a_bug(tmp_path: Path) -> None:
 
 
 def half_writes(monkeypatch: pytest.MonkeyPatch, error: OSError) -> None:
-    """Path.write_bytes fails half way through, as a full disk leaves it (tests/test_journal)."""
+    """Path.write_bytes fails half way through, as a full disk leaves it."""
     real = Path.write_bytes
 
     def failing(self: Path, data: bytes) -> int:
@@ -117,16 +117,17 @@ def half_writes(monkeypatch: pytest.MonkeyPatch, error: OSError) -> None:
     monkeypatch.setattr(Path, "write_bytes", failing)
 
 
-@pytest.mark.parametrize(
-    ("error", "kind", "message"),
-    [
-        (OSError(errno.ENOSPC, "No space left on device"), JournalFull, "no space left"),
-        (OSError(errno.EDQUOT, "Disk quota exceeded"), JournalFull, "no space left"),
-        (PermissionError(errno.EACCES, "Permission denied"), JournalError, "cannot write"),
-        (OSError(errno.EIO, "Input/output error"), JournalError, "failed a read or write"),
-        (OSError(errno.ENAMETOOLONG, "File name too long"), OSError, "File name too long"),
-    ],
-)
+#: A write that fails half way, and what the store (and the journal above it) make of it.
+WRITE_FAILURES = [
+    (OSError(errno.ENOSPC, "No space left on device"), JournalFull, "no space left"),
+    (OSError(errno.EDQUOT, "Disk quota exceeded"), JournalFull, "no space left"),
+    (PermissionError(errno.EACCES, "Permission denied"), JournalError, "cannot write"),
+    (OSError(errno.EIO, "Input/output error"), JournalError, "failed a read or write"),
+    (OSError(errno.ENAMETOOLONG, "File name too long"), OSError, "File name too long"),
+]
+
+
+@pytest.mark.parametrize(("error", "kind", "message"), WRITE_FAILURES)
 def test_a_failed_folder_write_is_the_journals_error_and_leaves_nothing(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
