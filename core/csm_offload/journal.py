@@ -15,6 +15,7 @@ killed process (the commit is in the OS's page cache) at a few tens of microseco
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import datetime as dt
 import errno
@@ -460,7 +461,64 @@ def _open(path: Path) -> _Guarded:
     return guarded
 
 
-class Journal:
+class JournalBase(abc.ABC):
+    """What both journals do the same way above their SQL: the audio store and reading jobs
+    back. A subclass has `store`, `_rows(where, args)`, `record_result` and its SQL's
+    parameter mark (`_MARK`)."""
+
+    store: Any
+    _MARK = "?"
+
+    @abc.abstractmethod
+    def _rows(self, where: str, args: Sequence[object]) -> list[JobRow]:
+        """Jobs matching `where` (in the journal's own SQL), by key."""
+
+    @abc.abstractmethod
+    def record_result(
+        self,
+        request_id: str,
+        quality: str,
+        target: str,
+        job_key: int | None,
+        sha: str,
+        duration_ms: int,
+    ) -> StoredResult:
+        """The row that points to stored audio; the first result kept wins."""
+
+    def audio_path(self, sha: str) -> Path:
+        return store_path(self.store, sha)
+
+    def load_audio(self, stored: StoredResult) -> Audio:
+        return read_stored_audio(self.audio_path(stored.audio_sha256))
+
+    def put_audio(self, audio: Audio) -> str:
+        """Store audio by content; returns its SHA-256. Touches no database, so it may run in
+        a worker thread while the event loop goes on."""
+        data = audio.encode("flac")
+        sha = hashlib.sha256(data).hexdigest()
+        self.store.put(sha, data)
+        return sha
+
+    def store_result(
+        self, request_id: str, quality: str, target: str, job_key: int | None, audio: Audio
+    ) -> StoredResult:
+        """Write the audio, then the row that points to it."""
+        sha = self.put_audio(audio)
+        return self.record_result(request_id, quality, target, job_key, sha, audio.duration_ms)
+
+    def job(self, key: int) -> JobRow:
+        rows = self._rows(f"key = {self._MARK}", (key,))
+        if not rows:
+            raise KeyError(key)
+        return rows[0]
+
+    def jobs(self, run_id: str | None = None) -> list[JobRow]:
+        if run_id is None:
+            return self._rows("1 = 1", ())
+        return self._rows(f"run_id = {self._MARK}", (run_id,))
+
+
+class Journal(JournalBase):
     """One journal file (per project directory) and its audio store."""
 
     #: Runs lock the file (`lock_for_run`), so no other live run shares it: nothing to claim.
@@ -568,20 +626,6 @@ class Journal:
                     found[stored.request_id] = stored
         return found
 
-    def audio_path(self, sha: str) -> Path:
-        return store_path(self.store, sha)
-
-    def load_audio(self, stored: StoredResult) -> Audio:
-        return read_stored_audio(self.audio_path(stored.audio_sha256))
-
-    def put_audio(self, audio: Audio) -> str:
-        """Store audio by content; returns its SHA-256. Touches no database, so it may run in
-        a worker thread while the event loop goes on."""
-        data = audio.encode("flac")
-        sha = hashlib.sha256(data).hexdigest()
-        self.store.put(sha, data)
-        return sha
-
     def record_result(
         self,
         request_id: str,
@@ -607,13 +651,6 @@ class Journal:
             (request_id, quality),
         ).fetchone()
         return StoredResult(*row)
-
-    def store_result(
-        self, request_id: str, quality: str, target: str, job_key: int | None, audio: Audio
-    ) -> StoredResult:
-        """Write the audio, then the row that points to it."""
-        sha = self.put_audio(audio)
-        return self.record_result(request_id, quality, target, job_key, sha, audio.duration_ms)
 
     # --- jobs -----------------------------------------------------------------------------
 
@@ -698,17 +735,6 @@ class Journal:
                 ),
             )
         return cursor.rowcount
-
-    def job(self, key: int) -> JobRow:
-        rows = self._rows("key = ?", (key,))
-        if not rows:
-            raise KeyError(key)
-        return rows[0]
-
-    def jobs(self, run_id: str | None = None) -> list[JobRow]:
-        if run_id is None:
-            return self._rows("1 = 1", ())
-        return self._rows("run_id = ?", (run_id,))
 
     # --- money ----------------------------------------------------------------------------
 

@@ -28,7 +28,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .audio import Audio
 from .errors import UserError
 from .journal import (
     ABANDONED,
@@ -37,6 +36,7 @@ from .journal import (
     SUBMITTING,
     FinishedJob,
     JobRow,
+    JournalBase,
     JournalError,
     StoredResult,
     TargetPricing,
@@ -46,7 +46,6 @@ from .journal import (
     pricing_table,
     share_of_jobs,
     spend_table,
-    store_path,
 )
 from .model import JobHandle, SpeechRequest
 from .scrub import scrub
@@ -246,10 +245,11 @@ class _Heartbeat:
         self._thread.join(timeout=5)
 
 
-class PgJournal:
+class PgJournal(JournalBase):
     """The journal in a PostgreSQL database, its audio in a store every client can read."""
 
     shared = True
+    _MARK = "%s"
 
     def __init__(
         self,
@@ -428,23 +428,6 @@ class PgJournal:
             )
         return kept
 
-    def audio_path(self, sha: str) -> Path:
-        return store_path(self.store, sha)
-
-    def load_audio(self, stored: StoredResult) -> Audio:
-        from .journal import read_stored_audio
-
-        return read_stored_audio(self.audio_path(stored.audio_sha256))
-
-    def put_audio(self, audio: Audio) -> str:
-        """Store audio by content; touches no database (it may run in a worker thread)."""
-        import hashlib
-
-        data = audio.encode("flac")
-        sha = hashlib.sha256(data).hexdigest()
-        self.store.put(sha, data)
-        return sha
-
     def record_result(
         self,
         request_id: str,
@@ -469,12 +452,6 @@ class PgJournal:
             (request_id, quality),
         ).fetchone()
         return StoredResult(*kept)
-
-    def store_result(
-        self, request_id: str, quality: str, target: str, job_key: int | None, audio: Audio
-    ) -> StoredResult:
-        sha = self.put_audio(audio)
-        return self.record_result(request_id, quality, target, job_key, sha, audio.duration_ms)
 
     # --- jobs -----------------------------------------------------------------------------
 
@@ -553,17 +530,6 @@ class PgJournal:
                 (ABANDONED, _DIED_SUBMITTING, time.time(), SUBMITTING, self.run_id),
             )
         return int(cursor.rowcount)
-
-    def job(self, key: int) -> JobRow:
-        rows = self._rows("key = %s", (key,))
-        if not rows:
-            raise KeyError(key)
-        return rows[0]
-
-    def jobs(self, run_id: str | None = None) -> list[JobRow]:
-        if run_id is None:
-            return self._rows("TRUE", ())
-        return self._rows("run_id = %s", (run_id,))
 
     # --- money ----------------------------------------------------------------------------
 
