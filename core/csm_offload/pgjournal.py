@@ -270,6 +270,7 @@ class PgJournal(JournalBase):
         self.audio_dir = Path(local_dir) / "audio"
         self.db = _Guarded(connect(url, self._password), url)
         self._depth = 0
+        self._renewed = -float("inf")
         self._heartbeat: _Heartbeat | None = None
         try:
             migrate(self.db)
@@ -362,6 +363,12 @@ class PgJournal(JournalBase):
             )
 
     def _renew(self) -> None:
+        """Renew the lease unless this thread did within a third of it (the heartbeat renews
+        it too): a run that stalled longer renews before it claims anything."""
+        now = time.monotonic()
+        if now - self._renewed < self.lease_s / 3:
+            return
+        self._renewed = now
         self.db.execute(
             "UPDATE csm_runs SET lease_until = clock_timestamp() + make_interval(secs => %s) "
             "WHERE run_id = %s",

@@ -547,11 +547,16 @@ class Runner:
         self, choice: Choice, part: list[SpeechRequest], batch: _Batch
     ) -> tuple[int, JobHandle, Hold]:
         target, provider = choice.target, choice.provider
-        if self.journal.shared:
-            self._claim(choice, part, batch)
-        estimate = self.router.estimate(target, provider, part).usd
-        reserved = self.budget.reserve(target.name, estimate)
-        key = self.journal.begin_job(target.name, choice.quality, [r.id for r in part], estimate)
+        # One commit for the claim and the job's row (a shared journal pays a round trip per
+        # commit; with SQLite there is no claim and this is the job's own commit).
+        with self.journal.transaction():
+            if self.journal.shared:
+                self._claim(choice, part, batch)
+            estimate = self.router.estimate(target, provider, part).usd
+            reserved = self.budget.reserve(target.name, estimate)
+            key = self.journal.begin_job(
+                target.name, choice.quality, [r.id for r in part], estimate
+            )
         try:
             handle = await self._submit_paced(choice, part)
         except Rejected as exc:
