@@ -1,13 +1,15 @@
 """A real PostgreSQL server for the tests: the binaries of the `pgserver` wheel (PyPI, in
 tests/requirements.txt), one throwaway cluster on 127.0.0.1, a fresh database per test.
 
-PostgreSQL refuses to run as root, and CI runs as root: the cluster then belongs to `nobody`.
+PostgreSQL refuses to run as root, and CI runs as root: the cluster then belongs to `nobody`
+(and runs a world-readable copy of the binaries when the checkout is in a private folder).
 Unix sockets are off (`-k ''`): every client connects over TCP on loopback, as a client on
 another machine would.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import os
@@ -37,6 +39,32 @@ def _bin_dir() -> Path:
     raise RuntimeError("no PostgreSQL binaries: pip install -r tests/requirements.txt")
 
 
+def _reachable_by(user: str | None, bin_dir: Path) -> Path:
+    """`bin_dir`, or a copy that `user` can run. A checkout may sit below a folder only root
+    may enter (`mktemp -d` makes 0700 folders); the cluster's owner must still run the
+    binaries, so the wheel's files (its `pginstall` and, beside the package, the libraries
+    its programs find by a relative rpath) are copied once into a world-readable folder."""
+    if user is None or _world_traversable(bin_dir):
+        return bin_dir
+    package = bin_dir.parents[1]  # .../pgserver
+    copy = Path(tempfile.gettempdir()) / f"csm-pg-bin-{os.getpid()}"
+    if not (copy / "pgserver" / "pginstall" / "bin" / "postgres").is_file():
+        atexit.register(shutil.rmtree, copy, True)
+        shutil.copytree(package / "pginstall", copy / "pgserver" / "pginstall", dirs_exist_ok=True)
+        libs = package.parent / "pgserver.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, copy / "pgserver.libs", dirs_exist_ok=True)
+        for folder in (copy, *copy.rglob("*")):
+            if folder.is_dir():
+                folder.chmod(0o755)
+    return copy / "pgserver" / "pginstall" / "bin"
+
+
+def _world_traversable(path: Path) -> bool:
+    """Whether every folder from the root down to `path` lets others in (o+x)."""
+    return all(folder.stat().st_mode & 0o001 for folder in (path, *path.parents))
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -47,12 +75,12 @@ class PostgresServer:
     """One cluster in a temporary folder; `stop` removes it."""
 
     def __init__(self, **settings: str) -> None:
-        self.bin = _bin_dir()
+        self._user = "nobody" if os.geteuid() == 0 else None
+        self.bin = _reachable_by(self._user, _bin_dir())
         self.root = Path(tempfile.mkdtemp(prefix="csm-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
         self.settings = {"fsync": "off", "max_connections": "200", **settings}
-        self._user = "nobody" if os.geteuid() == 0 else None
         self._process: subprocess.Popen[bytes] | None = None
 
     def _run(self, *args: str) -> None:
